@@ -1,0 +1,106 @@
+"""Error types: one base class, one subclass per layer.
+
+Domain code raises these; only edgeci.cli turns them into exit codes (DESIGN.md: 1 = the candidate
+failed, 2 = usage, configuration or infrastructure). A message is one line: what, where, the fix.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_ERROR = 2
+
+
+class EdgeCIError(Exception):
+    """Base class. `exit_code` is 2 (usage/config/infrastructure) unless a subclass says otherwise."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, *, where: str | None = None, fix: str | None = None) -> None:
+        self.message = message
+        self.where = where
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        parts = []
+        if self.where:
+            parts.append(f"{self.where}: ")
+        parts.append(self.message.rstrip("."))
+        if self.fix:
+            fix = self.fix.rstrip(".")
+            parts.append(f". {fix[:1].upper()}{fix[1:]}")
+        return "".join(parts) + "."
+
+
+class ConfigError(EdgeCIError):
+    """edgeci.yaml, environment or command-line values are wrong."""
+
+
+class BlueprintError(EdgeCIError):
+    """A blueprint or checks file cannot be read or parsed (lint findings are results, not errors)."""
+
+
+class RecordError(EdgeCIError):
+    """The build record is missing, unreadable, or lacks an earlier stage's section."""
+
+
+class ComposerError(EdgeCIError):
+    """Image Builder (or the local composer) could not be reached or refused a request."""
+
+
+class ComposeFailed(ComposerError):
+    """A compose ended FAILED: the candidate failed, exit 1."""
+
+    exit_code = EXIT_FAILED
+
+
+class ToolError(EdgeCIError):
+    """An external program is missing, timed out or exited non-zero."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: list[str] | None = None,
+        returncode: int | None = None,
+        stderr: str = "",
+        where: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.argv = argv or []
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(message, where=where, fix=fix)
+
+
+class RegistryError(EdgeCIError):
+    """The container registry refused or could not be reached."""
+
+
+class StageError(EdgeCIError):
+    """The stage repository could not be served, extracted or verified."""
+
+
+class StageMismatch(StageError):
+    """The stage serves a different commit than the record expects: the candidate failed."""
+
+    exit_code = EXIT_FAILED
+
+
+class BootTestError(EdgeCIError):
+    """The boot test could not run (infrastructure); failing checks are results, not errors."""
+
+
+class GateError(EdgeCIError):
+    """The gate could not evaluate (approval source unreachable, bad policy)."""
+
+
+class PromotionError(EdgeCIError):
+    """Promotion to production refused or failed; production is unchanged."""
+
+
+class PromotionRefused(PromotionError):
+    """Promotion refused for a candidate reason (not approved, changed since boot test)."""
+
+    exit_code = EXIT_FAILED

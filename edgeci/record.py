@@ -1,0 +1,162 @@
+"""BuildRecord: the one artifact that flows from stage to stage (and CI job to CI job).
+
+build/<blueprint>/<arch>/record.json, schema-versioned JSON written atomically (temp file +
+os.replace). Each section is written by exactly one stage; a stage refuses a record whose earlier
+sections are missing or failed, and says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeci.errors import RecordError
+
+SCHEMA_VERSION = 1
+# Pipeline order; `require()` checks against it.
+SECTIONS = ("blueprint", "lint", "compose", "push", "stage", "boot_test", "gate", "promote")
+PASSED = "passed"
+FAILED = "failed"
+
+
+def record_path(build_dir: str | os.PathLike[str], blueprint: str, arch: str) -> Path:
+    return Path(build_dir) / blueprint / arch / "record.json"
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> None:
+    """Write `text` to `path` via a temp file in the same directory and os.replace()."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class BuildRecord:
+    """The JSON record of one blueprint × arch build."""
+
+    def __init__(self, path: str | os.PathLike[str], data: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.data: dict[str, Any] = data if data is not None else {
+            "schema": SCHEMA_VERSION,
+            "sections": {},
+        }
+
+    # -- loading and saving -------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> BuildRecord:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecordError(
+                "no build record", where=str(p), fix="run the earlier stages first (edgeci compose …)"
+            ) from None
+        except OSError as e:
+            raise RecordError(f"cannot read build record: {e.strerror}", where=str(p)) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RecordError(
+                f"build record is not valid JSON ({e.msg} at line {e.lineno})",
+                where=str(p),
+                fix="delete it and re-run the pipeline from compose",
+            ) from None
+        if not isinstance(data, dict) or not isinstance(data.get("sections"), dict):
+            raise RecordError("build record has no 'sections' object", where=str(p))
+        schema = data.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise RecordError(
+                f"build record schema {schema!r} is not supported (this edgeci reads {SCHEMA_VERSION})",
+                where=str(p),
+                fix="re-run the pipeline with this edgeci version",
+            )
+        return cls(p, data)
+
+    @classmethod
+    def load_or_new(cls, path: str | os.PathLike[str]) -> BuildRecord:
+        p = Path(path)
+        return cls.load(p) if p.exists() else cls(p)
+
+    def save(self) -> None:
+        from edgeci.tools.run import mask
+
+        self.data["updated"] = now_iso()
+        atomic_write_text(self.path, mask(json.dumps(self.data, indent=2, sort_keys=True)) + "\n")
+
+    # -- sections ------------------------------------------------------------------------------
+    @property
+    def sections(self) -> dict[str, dict[str, Any]]:
+        return self.data["sections"]
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self.sections.get(name)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The section, or RecordError if it is missing."""
+        sec = self.sections.get(name)
+        if sec is None:
+            raise RecordError(f"build record has no '{name}' section", where=str(self.path),
+                              fix=f"run the {name.replace('_', '-')} stage first")
+        return sec
+
+    def set(self, name: str, values: dict[str, Any], *, status: str = PASSED) -> dict[str, Any]:
+        """Replace section `name` and drop every later section (they described an older candidate)."""
+        if name not in SECTIONS:
+            raise ValueError(f"unknown record section {name!r}")
+        sec = dict(values)
+        sec["status"] = status
+        sec.setdefault("time", now_iso())
+        self.sections[name] = sec
+        for later in SECTIONS[SECTIONS.index(name) + 1:]:
+            self.sections.pop(later, None)
+        return sec
+
+    def require(self, *names: str) -> None:
+        """Refuse unless every named section exists and passed; names the first that does not."""
+        for name in names:
+            sec = self.sections.get(name)
+            stage = name.replace("_", "-")
+            if sec is None:
+                raise RecordError(
+                    f"build record has no '{name}' section",
+                    where=str(self.path),
+                    fix=f"run 'edgeci {stage}' first",
+                )
+            if sec.get("status") != PASSED:
+                raise RecordError(
+                    f"the '{name}' stage {sec.get('status', 'did not pass')}",
+                    where=str(self.path),
+                    fix=f"fix the candidate and re-run 'edgeci {stage}'",
+                )
+
+    # -- convenience ---------------------------------------------------------------------------
+    @property
+    def blueprint(self) -> str:
+        return str(self.section("blueprint")["name"])
+
+    @property
+    def checksum(self) -> str:
+        """The candidate's ostree commit checksum (from the compose section)."""
+        return str(self.section("compose")["commit"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=2, sort_keys=True)

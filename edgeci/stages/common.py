@@ -1,0 +1,59 @@
+"""Glue shared by the stage commands: blueprint/arch arguments, record and report locations."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgeci.config import Config
+from edgeci.errors import BlueprintError
+from edgeci.record import BuildRecord, record_path
+
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """BLUEPRINT (name or path to NAME.toml) and --arch."""
+    p.add_argument("blueprint", metavar="BLUEPRINT", help="blueprint name (blueprints/NAME.toml) or path")
+    p.add_argument("--arch", default=None, help="architecture (default: the blueprint's first, x86_64)")
+
+
+def blueprint_path(cfg: Config, name_or_path: str) -> Path:
+    """blueprints/NAME.toml for a name, or the path itself; BlueprintError naming both when missing."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or "/" in name_or_path:
+        candidate = p if p.is_absolute() else Path.cwd() / p
+    else:
+        candidate = cfg.blueprints_dir / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        known = sorted(x.stem for x in cfg.blueprints_dir.glob("*.toml")) if cfg.blueprints_dir.is_dir() else []
+        raise BlueprintError(
+            f"no blueprint '{name_or_path}'",
+            where=str(candidate),
+            fix=f"known blueprints: {', '.join(known)}" if known else f"add {candidate}",
+        )
+    return candidate
+
+
+def blueprint_name(name_or_path: str) -> str:
+    return Path(name_or_path).stem if name_or_path.endswith(".toml") else name_or_path
+
+
+def target(cfg: Config, args: argparse.Namespace) -> tuple[str, str]:
+    """(blueprint name, arch) from the parsed arguments."""
+    name = blueprint_name(args.blueprint)
+    arch = args.arch or cfg.arches(name)[0]
+    return name, arch
+
+
+def record_file(cfg: Config, name: str, arch: str) -> Path:
+    return record_path(cfg.build_dir, name, arch)
+
+
+def load_record(cfg: Config, name: str, arch: str) -> BuildRecord:
+    return BuildRecord.load(record_file(cfg, name, arch))
+
+
+def work_dir(cfg: Config, name: str, arch: str) -> Path:
+    """build/<blueprint>/<arch>/ — where a stage keeps its files for this target."""
+    d = cfg.build_dir / name / arch
+    d.mkdir(parents=True, exist_ok=True)
+    return d
