@@ -1,0 +1,11 @@
+"""Shared pytest set-up: every module in tests/fixtures/ is loaded as a fixture plugin.
+
+Each area keeps its fixtures in its own module there (registry.py, composed.py, …), so fixtures
+that start real servers (docker-registry, stage HTTP, qemu) are defined once and always stopped.
+"""
+
+from pathlib import Path
+
+pytest_plugins = sorted(
+    f"tests.fixtures.{p.stem}" for p in (Path(__file__).parent / "fixtures").glob("*.py") if p.stem != "__init__"
+)
