@@ -27,4 +27,4 @@ def backend(cfg: Config, name: str | None = None) -> Composer:
                           fix=f"use one of: {', '.join(BACKENDS)}")
     module_name, cls_name = BACKENDS[name]
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(cfg)  # type: ignore[no-any-return]
+    return cls(cfg)
