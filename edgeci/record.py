@@ -55,6 +55,7 @@ class BuildRecord:
 
     def __init__(self, path: str | os.PathLike[str], data: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.opened = time.monotonic()  # a stage loads the record first: set() records its duration
         self.data: dict[str, Any] = data if data is not None else {
             "schema": SCHEMA_VERSION,
             "sections": {},
@@ -119,12 +120,16 @@ class BuildRecord:
         return sec
 
     def set(self, name: str, values: dict[str, Any], *, status: str = PASSED) -> dict[str, Any]:
-        """Replace section `name` and drop every later section (they described an older candidate)."""
+        """Replace section `name` and drop every later section (they described an older candidate).
+
+        `time` (UTC, ISO) and `seconds` (since the record was loaded, i.e. the stage's duration) are added
+        unless given."""
         if name not in SECTIONS:
             raise ValueError(f"unknown record section {name!r}")
         sec = dict(values)
         sec["status"] = status
         sec.setdefault("time", now_iso())
+        sec.setdefault("seconds", round(time.monotonic() - self.opened, 3))
         self.sections[name] = sec
         for later in SECTIONS[SECTIONS.index(name) + 1:]:
             self.sections.pop(later, None)

@@ -1,0 +1,195 @@
+"""The release report: a static HTML page (no JavaScript) and its JSON, one per blueprint × arch.
+
+collect() gathers what people ask about a release — production history, the candidate's stage
+timeline, boot-test results, package and file changes, delta against full size — from the build
+record and the production repo; render_html() turns that into one self-contained page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeci.record import SECTIONS, BuildRecord, atomic_write_text
+
+
+@dataclass
+class ReportData:
+    blueprint: str
+    arch: str
+    version: str = ""
+    commit: str = ""
+    decision: str = ""
+    releases: list[dict[str, Any]] = field(default_factory=list)  # newest first
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # [{stage, status, seconds, time}]
+    boot_test: dict[str, Any] = field(default_factory=dict)  # scenario -> {outcome, reason, checks}
+    packages: dict[str, list[str]] = field(default_factory=dict)  # added/removed/changed
+    files: dict[str, list[str]] = field(default_factory=dict)  # added/modified/deleted
+    delta_bytes: int | None = None
+    full_bytes: int | None = None
+    image: str = ""
+    generated: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def timeline_from_record(record: BuildRecord) -> list[dict[str, Any]]:
+    rows = []
+    for name in SECTIONS:
+        sec = record.get(name)
+        if sec is None:
+            continue
+        rows.append({"stage": name.replace("_", "-"), "status": sec.get("status", ""),
+                     "seconds": sec.get("seconds"), "time": sec.get("time", "")})
+    return rows
+
+
+def package_diff(old: list[dict[str, str]], new: list[dict[str, str]]) -> dict[str, list[str]]:
+    def nevra(p: dict[str, str]) -> str:
+        v = p.get("version", "")
+        r = p.get("release", "")
+        return f"{v}-{r}" if r else v
+
+    before = {p.get("name", ""): nevra(p) for p in old}
+    after = {p.get("name", ""): nevra(p) for p in new}
+    return {
+        "added": sorted(f"{n} {after[n]}".strip() for n in after.keys() - before.keys()),
+        "removed": sorted(f"{n} {before[n]}".strip() for n in before.keys() - after.keys()),
+        "changed": sorted(f"{n} {before[n]} → {after[n]}" for n in after.keys() & before.keys()
+                          if before[n] != after[n]),
+    }
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _delta_chart(delta: int | None, full: int | None) -> str:
+    """Two horizontal bars, inline SVG: the update as a static delta against a full pull."""
+    if not delta or not full:
+        return '<p class="muted">No delta measured (first release, or no upgrade scenario ran).</p>'
+    width = 420
+    d_w = max(2, round(width * min(delta, full) / full))
+    pct = 100.0 * delta / full
+    return (
+        f'<svg role="img" aria-label="delta {pct:.1f}% of full" width="{width + 160}" height="64" '
+        f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="12">'
+        f'<text x="0" y="16">full pull</text><rect x="80" y="4" width="{width}" height="16" fill="#9aa5b1"/>'
+        f'<text x="{80 + width + 6}" y="16">{_esc(_fmt_bytes(full))}</text>'
+        f'<text x="0" y="44">delta</text><rect x="80" y="32" width="{d_w}" height="16" fill="#2f7d32"/>'
+        f'<text x="{80 + d_w + 6}" y="44">{_esc(_fmt_bytes(delta))} ({pct:.1f}%)</text></svg>'
+    )
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#1f2933}
+h1{margin-bottom:.2rem} h2{margin-top:2rem;border-bottom:1px solid #d9e2ec}
+table{border-collapse:collapse;width:100%} th,td{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #e4e7eb}
+code{font-size:.9em} .muted{color:#7b8794}
+.passed,.approved,.healthy{color:#2f7d32;font-weight:600} .failed,.denied,.error{color:#c62828;font-weight:600}
+.skipped,.pending{color:#b26a00;font-weight:600}
+.badge{display:inline-block;padding:.1rem .5rem;border-radius:.3rem;background:#f0f4f8}
+pre{white-space:pre-wrap;background:#f5f7fa;padding:.5rem;max-height:12rem;overflow:auto}
+"""
+
+
+def render_html(d: ReportData) -> str:
+    out: list[str] = []
+    add = out.append
+    add("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">")
+    add(f"<title>edgeci release report — {_esc(d.blueprint)} {_esc(d.version)}</title>")
+    add(f"<style>{_CSS}</style></head><body>")
+    add(f"<h1>{_esc(d.blueprint)} <span class=\"muted\">{_esc(d.arch)}</span></h1>")
+    add(f"<p>Candidate <strong id=\"candidate-version\">{_esc(d.version or '?')}</strong> · commit "
+        f"<code id=\"candidate-commit\">{_esc(d.commit[:12] or '?')}</code>")
+    if d.decision:
+        add(f" · gate <span class=\"{_esc(d.decision)}\">{_esc(d.decision)}</span>")
+    if d.image:
+        add(f" · image <code>{_esc(d.image)}</code>")
+    add(f"</p><p class=\"muted\">Generated {_esc(d.generated)}</p>")
+
+    add("<h2 id=\"history\">Production release history</h2>")
+    if d.releases:
+        add("<table><tr><th>Version</th><th>Commit</th><th>Approved by</th><th>Date</th><th>Note</th></tr>")
+        for r in d.releases:
+            approvers = ", ".join(str(a) for a in r.get("approvers", []) or [])
+            note = "rollback of " + str(r["rollback_of"]) if r.get("rollback_of") else ""
+            add(f"<tr><td>{_esc(r.get('version', ''))}</td><td><code>{_esc(str(r.get('checksum', ''))[:12])}"
+                f"</code></td><td>{_esc(approvers or '—')}</td><td>{_esc(r.get('time', ''))}</td>"
+                f"<td>{_esc(note)}</td></tr>")
+        add("</table>")
+    else:
+        add("<p class=\"muted\">Production is empty: this is the first release.</p>")
+
+    add("<h2 id=\"timeline\">Stage timeline</h2><table><tr><th>Stage</th><th>Result</th>"
+        "<th>Duration</th><th>Finished</th></tr>")
+    for row in d.timeline:
+        secs = row.get("seconds")
+        dur = f"{secs:.1f} s" if isinstance(secs, int | float) else "—"
+        add(f"<tr><td>{_esc(row['stage'])}</td><td class=\"{_esc(row['status'])}\">{_esc(row['status'])}</td>"
+            f"<td>{dur}</td><td>{_esc(row.get('time', ''))}</td></tr>")
+    add("</table>")
+
+    add("<h2 id=\"boot-test\">Boot test</h2>")
+    scenarios = d.boot_test.get("scenarios", {}) if d.boot_test else {}
+    if not scenarios:
+        add("<p class=\"muted\">No boot test has run for this candidate.</p>")
+    for name, sc in scenarios.items():
+        outcome = sc.get("outcome", "")
+        add(f"<h3>{_esc(name)} <span class=\"badge {_esc(outcome)}\">{_esc(outcome)}</span></h3>")
+        if sc.get("reason"):
+            add(f"<p class=\"muted\">{_esc(sc['reason'])}</p>")
+        checks = sc.get("checks") or []
+        if checks:
+            add("<table><tr><th>Check</th><th>Result</th><th>Output</th></tr>")
+            for c in checks:
+                output = str(c.get("output", ""))
+                cell = f"<pre>{_esc(output)}</pre>" if output.strip() else ""
+                add(f"<tr><td>{_esc(c.get('name', ''))}</td><td class=\"{_esc(c.get('outcome', ''))}\">"
+                    f"{_esc(c.get('outcome', ''))}</td><td>{cell}</td></tr>")
+            add("</table>")
+
+    add("<h2 id=\"changes\">Changes against production</h2>")
+    for title, groups in (("Packages", d.packages), ("Files", d.files)):
+        items = [(k, v) for k, v in groups.items() if v]
+        if not items:
+            add(f"<p><strong>{title}:</strong> <span class=\"muted\">no changes recorded</span></p>")
+            continue
+        add(f"<p><strong>{title}:</strong></p><ul>")
+        for kind, entries in items:
+            shown = entries[:200]
+            more = f" … and {len(entries) - 200} more" if len(entries) > 200 else ""
+            add(f"<li>{_esc(kind)} ({len(entries)}): " + ", ".join(f"<code>{_esc(e)}</code>" for e in shown)
+                + _esc(more) + "</li>")
+        add("</ul>")
+
+    add("<h2 id=\"delta\">Update size</h2>")
+    add(_delta_chart(d.delta_bytes, d.full_bytes))
+    add("</body></html>")
+    return "\n".join(out)
+
+
+def write(d: ReportData, out_dir: Path) -> tuple[Path, Path]:
+    """reports/report-<bp>-<arch>.html and .json, written atomically."""
+    from edgeci.tools.run import mask
+
+    html_path = out_dir / f"report-{d.blueprint}-{d.arch}.html"
+    json_path = out_dir / f"report-{d.blueprint}-{d.arch}.json"
+    atomic_write_text(html_path, mask(render_html(d)))
+    atomic_write_text(json_path, mask(json.dumps(d.as_dict(), indent=2, sort_keys=True)) + "\n")
+    return html_path, json_path
