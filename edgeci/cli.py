@@ -12,6 +12,8 @@ from typing import Any
 
 # name → module. Keep this ordered as the pipeline runs; add a line only when the command works.
 COMMANDS: dict[str, str] = {
+    "lint": "edgeci.stages.lint",
+    "changed": "edgeci.commands.changed",
     "record": "edgeci.commands.record",
 }
 

@@ -50,6 +50,12 @@ class ComposerConfig:
     kernel: str = ""  # local: path to a vmlinuz (default: Debian's linux-image-amd64, cached)
     cache_dir: str = ""  # local: default ~/.cache/edgeci
     size: int = 0
+    upload_profile: str = ""  # weldr: a composer-cli upload profile TOML (provider + [settings])
+    repositories: list[str] = field(default_factory=list)  # cloud: RPM repository baseurls to build from
+    rhsm: bool = False  # cloud: the repositories (and ostree url) need a subscription
+    upload_target: str = "local"  # cloud: local (download from composer) | aws.s3 (hosted service, edge-commit)
+    upload_region: str = ""  # cloud: the AWS region for upload_target aws.s3
+    # cloud token: EDGECI_COMPOSER_TOKEN (an OAuth2 refresh/offline token; never in the file)
 
 
 @dataclass
@@ -60,7 +66,8 @@ class RegistryConfig:
     tags: list[str] = field(default_factory=list)  # extra tags beside <version> and latest
     authfile: str = ""
     tls_verify: bool = True
-    retry_times: int = 3
+    retry_times: int = 3  # skopeo --retry-times, and edgeci's own retries of HTTP 5xx answers
+    retry_backoff: float = 2.0  # seconds before the first 5xx retry; doubles each time
 
 
 @dataclass
@@ -75,6 +82,8 @@ class StageConfig:
     wait_interval: float = 5.0
     container_name: str = "edge-stage"
     container_port: int = 8080
+    repo_path: str = "usr/share/nginx/html/repo"  # the ostree repo inside the edge-container image
+    host_authfile: str = ""  # stage host: registry authfile for podman run / auto-update
 
 
 @dataclass
@@ -88,6 +97,7 @@ class ProdConfig:
     retention: int = 10
     delta_args: list[str] = field(default_factory=list)  # e.g. ["--max-bsdiff-size=128"]
     lock_timeout: float = 600.0
+    fsck: str = "changed"  # promote verifies: changed (objects that differ from production) | full (whole commit)
 
 
 @dataclass
@@ -101,6 +111,8 @@ class LibvirtConfig:
     ssh_user: str = "core"
     ssh_key: str = ""
     ssh_timeout: float = 600.0
+    os_variant: str = ""  # virt-install --os-variant (default from the distro: rhel9-unknown, …)
+    gpg_key: str = ""  # armored public key: production's remote verifies commits with it after install
 
 
 @dataclass
@@ -109,6 +121,7 @@ class BootTestConfig:
     memory: int = 512
     timeout: float = 120.0
     kvm: str = "auto"  # auto (probe) | on | off
+    kvm_probe_timeout: float = 5.0  # seconds a KVM guest gets to print its kernel banner (auto)
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
 
 
@@ -255,13 +268,18 @@ def _line_map(text: str) -> dict[tuple[str, ...], int]:
 
 
 class _Ctx:
-    def __init__(self, source: str, lines: dict[tuple[str, ...], int]) -> None:
+    def __init__(self, source: str, lines: dict[tuple[str, ...], int],
+                 origins: dict[tuple[str, ...], str] | None = None) -> None:
         self.source = source
         self.lines = lines
+        self.origins = origins or {}  # key path → "environment EDGECI_…" / "command line (--set …)"
 
     def where(self, path: tuple[str, ...]) -> str:
         key = ".".join(path) if path else "(top level)"
         for n in range(len(path), 0, -1):
+            origin = self.origins.get(path[:n])
+            if origin:
+                return f"{origin}: {key}"
             line = self.lines.get(path[:n])
             if line:
                 return f"{self.source}:{line}: {key}"
@@ -425,11 +443,14 @@ def load_config(
             raise ConfigError("the top level must be a mapping of sections", where=f"{cfg_path}:1")
         data = loaded
         lines = _line_map(text)
+    origins: dict[tuple[str, ...], str] = {}
     for dotted, value in _env_overrides(env).items():
-        _set_path(data, dotted, value, where=f"environment EDGECI_{dotted.replace('.', '_').upper()}")
+        origins[tuple(dotted.split("."))] = f"environment EDGECI_{dotted.replace('.', '_').upper()}"
+        _set_path(data, dotted, value, where=origins[tuple(dotted.split("."))])
     for dotted, value in (overrides or {}).items():
-        _set_path(data, dotted, value, where=f"command line ({dotted})")
-    ctx = _Ctx(source, lines)
+        origins[tuple(dotted.split("."))] = f"command line (--set {dotted})"
+        _set_path(data, dotted, value, where=origins[tuple(dotted.split("."))])
+    ctx = _Ctx(source, lines, origins)
     cfg: Config = _build(Config, data, (), ctx)
     cfg.source = source
     cfg.root = (cfg_path.resolve().parent if cfg_path is not None else (root or Path.cwd()))
@@ -446,10 +467,12 @@ def _choice(value: str, allowed: tuple[str, ...], path: tuple[str, ...], ctx: _C
 
 def _validate(cfg: Config, ctx: _Ctx) -> None:
     _choice(cfg.composer.backend, ("local", "weldr", "cloud"), ("composer", "backend"), ctx)
+    _choice(cfg.composer.upload_target, ("local", "aws.s3"), ("composer", "upload_target"), ctx)
     _choice(cfg.stage.mode, ("serve", "wait"), ("stage", "mode"), ctx)
     _choice(cfg.boot_test.backend, ("auto", "qemu", "sysroot", "libvirt"), ("boot_test", "backend"), ctx)
     _choice(cfg.boot_test.kvm, ("auto", "on", "off"), ("boot_test", "kvm"), ctx)
     _choice(cfg.gate.source, ("local", "gitlab", "jenkins"), ("gate", "source"), ctx)
+    _choice(cfg.prod.fsck, ("changed", "full"), ("prod", "fsck"), ctx)
     _choice(cfg.project.image_type, IMAGE_TYPES, ("project", "image_type"), ctx)
     for name, bp in cfg.blueprints.items():
         if bp.image_type:

@@ -30,7 +30,8 @@ class EdgeCIError(Exception):
         if self.fix:
             fix = self.fix.rstrip(".")
             parts.append(f". {fix[:1].upper()}{fix[1:]}")
-        return "".join(parts) + "."
+        text = "".join(parts)
+        return text if text.endswith(("?", "!")) else text + "."
 
 
 class ConfigError(EdgeCIError):

@@ -1,0 +1,208 @@
+"""`edgeci lint [PATH...] [--base REV] [--json]`: strict blueprint lint, the first pipeline stage.
+
+Prints one line per finding (`file:line: severity: [rule] message`), writes
+reports/lint-<name>-<arch>.xml (one testcase per blueprint per rule) and the record's `blueprint` and
+`lint` sections. Exit 1 when any finding is an error (a TOML syntax error included), 2 for bad input.
+With --base, a blueprint that changed since BASE must carry a higher version (`git show BASE:path`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeci.config import Config
+
+if TYPE_CHECKING:
+    from edgeci.blueprint import LintResult
+    from edgeci.report import Case
+
+HELP = "lint blueprints: strict schema, image-type support, secrets, versions (exit 1 on errors)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="blueprint files or directories (default: the blueprints directory)")
+    p.add_argument("--base", metavar="REV", default=None,
+                   help="git revision to compare with: a changed blueprint must raise its version")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON instead of lines")
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci.blueprint import iter_blueprint_files, lint_file
+    from edgeci.errors import BlueprintError
+    from edgeci.ui import say
+
+    if args.paths:
+        paths = [Path(p) for p in args.paths]
+        files = iter_blueprint_files(paths)  # findings name the files as given
+    else:
+        paths = [cfg.blueprints_dir]
+        files = [_short(f) for f in iter_blueprint_files(paths)]
+    if not files:
+        raise BlueprintError("no blueprints (*.toml) found", where=", ".join(str(p) for p in paths),
+                             fix="add blueprints/NAME.toml or pass the blueprint files to lint")
+
+    base = _Base(args.base, files) if args.base else None
+    results = []
+    for f in files:
+        base_text = base.text_for(f) if base else None
+        prod = _record_production_version(cfg, f.stem)
+        configured = cfg.lint.production_versions.get(f.stem)
+        if prod and configured:  # both known: the higher one is what production must exceed
+            prod = _max_version(configured, prod)
+        results.append(lint_file(f, cfg, base_text=base_text, base_given=base is not None,
+                                 production_version=prod))
+
+    for r in results:
+        _write_outputs(cfg, r)
+
+    errors = sum(len(r.errors) for r in results)
+    warnings = sum(len(r.warnings) for r in results)
+    if args.json:
+        say(json.dumps({
+            "blueprints": [{"path": str(r.path), "name": r.name, "ok": r.ok,
+                            "findings": [{**f.as_dict(), "key": f.key} for f in r.findings]} for r in results],
+            "errors": errors, "warnings": warnings,
+        }, indent=2))
+    else:
+        for r in results:
+            for finding in r.findings:
+                say(finding.line())
+        say(f"lint: {len(results)} blueprint{'s' if len(results) != 1 else ''}, "
+            f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}")
+    return 1 if errors else 0
+
+
+class _Base:
+    """The blueprints' text at the base revision (git show BASE:path), following renames."""
+
+    def __init__(self, base: str, files: list[Path]) -> None:
+        from edgeci.changes import ChangesError, resolve_base
+        from edgeci.tools import git
+
+        top = git.toplevel(files[0].resolve())
+        if top is None:
+            raise ChangesError(f"--base needs a git work tree, but '{files[0]}' is not in one",
+                               fix="run edgeci lint in a clone of the repository, or drop --base")
+        self.repo = top
+        self.sha = resolve_base(top, base)
+        # New path → old path for blueprints renamed since BASE (committed renames only).
+        head = git.rev_parse(top, "HEAD") or "HEAD"
+        self.renamed = {e.path: e.old_path for e in git.diff_name_status(top, self.sha, head)
+                        if e.status == "R" and e.old_path}
+
+    def text_for(self, path: Path) -> str | None:
+        from edgeci.tools import git
+
+        try:
+            rel = path.resolve().relative_to(self.repo.resolve()).as_posix()
+        except ValueError:
+            return None  # outside the repository: no history to compare with
+        return git.show(self.repo, self.sha, self.renamed.get(rel, rel))
+
+
+def _record_production_version(cfg: Config, name: str) -> str | None:
+    """The version a previous run promoted, as recorded in this blueprint's records (any arch)."""
+    from edgeci.errors import RecordError
+    from edgeci.record import BuildRecord, record_path
+
+    best: str | None = None
+    for arch in cfg.arches(name):
+        p = record_path(cfg.build_dir, name, arch)
+        if not p.is_file():
+            continue
+        try:
+            sec = BuildRecord.load(p).get("promote") or {}
+        except RecordError:
+            continue
+        v = sec.get("version")
+        if isinstance(v, str) and v and sec.get("status") == "passed":
+            best = _max_version(best, v)
+    return best
+
+
+def _max_version(a: str | None, b: str) -> str:
+    from edgeci.blueprint import compare_versions
+
+    if a is None:
+        return b
+    try:
+        return b if compare_versions(b, a) > 0 else a
+    except ValueError:
+        return a
+
+
+def _short(path: Path) -> Path:
+    """The path relative to the working directory when it is below it (findings read file:line)."""
+    if not path.is_absolute():
+        return path
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _display(cfg: Config, path: Path) -> str:
+    try:
+        return path.resolve().relative_to(cfg.root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def _cases(r: LintResult) -> list[Case]:
+    from edgeci.blueprint import RULES
+    from edgeci.report import Case, Outcome
+
+    cases = []
+    for rule, meaning in RULES.items():
+        errors = [f for f in r.errors if f.rule == rule]
+        warns = [f for f in r.warnings if f.rule == rule]
+        output = "\n".join(f.line() for f in errors + warns)
+        if errors:
+            first = errors[0]
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            cases.append(Case(rule, Outcome.FAILED, f"{first.where}: {first.message}{more}", output))
+        elif rule in r.skipped:
+            cases.append(Case(rule, Outcome.SKIPPED, r.skipped[rule], output))
+        else:
+            cases.append(Case(rule, Outcome.PASSED, "", output or f"passed: {meaning}"))
+    return cases
+
+
+def _write_outputs(cfg: Config, r: LintResult) -> None:
+    """reports/lint-<name>-<arch>.xml and the record's blueprint + lint sections, for every arch."""
+    from edgeci.errors import RecordError
+    from edgeci.record import FAILED, PASSED, BuildRecord, record_path
+    from edgeci.report import write_junit
+    from edgeci.tools import git
+    from edgeci.ui import warn
+
+    cases = _cases(r)
+    git_sha = git.head_sha(r.path.resolve())
+    blueprint: dict[str, Any] = {
+        "name": r.blueprint.name if r.blueprint and r.blueprint.name else r.name,
+        "version": r.blueprint.version if r.blueprint else "",
+        "path": _display(cfg, r.path),
+        "git_sha": git_sha,
+        "sha256": r.sha256,
+    }
+    lint = {"findings": [f.as_dict() for f in r.findings]}
+    for arch in cfg.arches(r.name):
+        write_junit(cfg.reports_dir, "lint", r.name, arch, cases)
+        path = record_path(cfg.build_dir, r.name, arch)
+        try:
+            rec = BuildRecord.load_or_new(path)
+        except RecordError as e:
+            warn(f"{e.message} ({path}); starting a new record")
+            rec = BuildRecord(path)
+        old_bp, old_lint = rec.get("blueprint"), rec.get("lint")
+        if (old_bp and old_lint and all(old_bp.get(k) == v for k, v in blueprint.items())
+                and old_lint.get("findings") == lint["findings"] and old_lint.get("status") == (
+                    PASSED if r.ok else FAILED)):
+            continue  # same blueprint, same result: keep the later stages of this candidate
+        rec.set("blueprint", blueprint, status=PASSED if r.blueprint is not None else FAILED)
+        rec.set("lint", lint, status=PASSED if r.ok else FAILED)
+        rec.save()
