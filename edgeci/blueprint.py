@@ -68,11 +68,11 @@ def parse(text: str, path: str | os.PathLike[str]) -> dict[str, Any]:
                              fix="flatten the nesting") from None
 
 
-def load(path: str | os.PathLike[str]) -> Blueprint:
+def load(path: str | os.PathLike[str], *, raw: bytes | None = None) -> Blueprint:
     """Read and parse a blueprint file. Only syntax and the name/version basics are checked here."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        raw = p.read_bytes() if raw is None else raw
     except FileNotFoundError:
         raise BlueprintError("blueprint file not found", where=str(p)) from None
     except OSError as e:
@@ -951,10 +951,13 @@ def lint_file(
     except OSError as e:
         raise BlueprintError(f"cannot read blueprint: {e.strerror}", where=str(p)) from None
     sha = hashlib.sha256(raw).hexdigest()
-    bad = syntax_finding(raw, p)
-    if bad is not None:
+    try:
+        bp = load(p, raw=raw)
+    except BlueprintError:
+        bad = syntax_finding(raw, p)  # the same error, shaped as a finding with file:line
+        if bad is None:
+            raise
         return LintResult(p, p.stem, sha, None, [bad], not_applicable(None, cfg))
-    bp = load(p)
     findings = lint_blueprint(bp, cfg, base_text=base_text, production_version=production_version)
     skipped = not_applicable(bp, cfg, base_text=base_text, base_given=base_given,
                              production_version=production_version)

@@ -32,16 +32,20 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> None:
-    """Write `text` to `path` via a temp file in the same directory and os.replace()."""
+def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o644, *, fsync: bool = False) -> None:
+    """Write `text` to `path` via a temp file in the same directory and os.replace().
+
+    Readers see the old or the new content, never a mix, even when the writer is killed. `fsync=True`
+    also survives a power loss (production's releases log); records and reports do without it."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, p)
     except BaseException:

@@ -92,5 +92,5 @@ def write_junit(
             xml_cases.append(tc)
         xml_suites.append(TestSuite(f"{stage}.{suite.name}" if suite.name != stage else stage, xml_cases))
     path = report_path(reports_dir, stage, blueprint, arch)
-    atomic_write_text(path, to_xml_report_string(xml_suites, encoding="utf-8"))
+    atomic_write_text(path, to_xml_report_string(xml_suites, prettyprint=False, encoding="utf-8"))
     return path

@@ -9,6 +9,7 @@ With --base, a blueprint that changed since BASE must carry a higher version (`g
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,16 +173,23 @@ def _cases(r: LintResult) -> list[Case]:
     return cases
 
 
+@functools.lru_cache(maxsize=64)
+def _head_sha(directory: Path) -> str:
+    """HEAD of the repository holding `directory` — asked once per directory, not once per blueprint."""
+    from edgeci.tools import git
+
+    return git.head_sha(directory)
+
+
 def _write_outputs(cfg: Config, r: LintResult) -> None:
     """reports/lint-<name>-<arch>.xml and the record's blueprint + lint sections, for every arch."""
     from edgeci.errors import RecordError
     from edgeci.record import FAILED, PASSED, BuildRecord, record_path
     from edgeci.report import write_junit
-    from edgeci.tools import git
     from edgeci.ui import warn
 
     cases = _cases(r)
-    git_sha = git.head_sha(r.path.resolve())
+    git_sha = _head_sha(r.path.resolve().parent)
     blueprint: dict[str, Any] = {
         "name": r.blueprint.name if r.blueprint and r.blueprint.name else r.name,
         "version": r.blueprint.version if r.blueprint else "",
