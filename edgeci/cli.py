@@ -14,6 +14,8 @@ from typing import Any
 COMMANDS: dict[str, str] = {
     "lint": "edgeci.stages.lint",
     "changed": "edgeci.commands.changed",
+    "push": "edgeci.stages.push",
+    "stage": "edgeci.stages.stage",
     "record": "edgeci.commands.record",
 }
 

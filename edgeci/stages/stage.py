@@ -1,0 +1,309 @@
+"""`edgeci stage serve|stop|wait|units BLUEPRINT`: the stage repository the boot test and production pull from.
+
+serve: extract the ostree repo from the pushed image (by digest) or the compose archive into
+stage.dir and serve it on 127.0.0.1 in the background; stop: stop that server by PID; wait: poll a
+stage host running the edge-container (podman auto-update) until it serves the record's commit;
+units: write the stage host's podman run line, systemd unit and auto-update set-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeci.config import Config
+
+if TYPE_CHECKING:
+    from edgeci.record import BuildRecord
+    from edgeci.report import Case
+    from edgeci.stage import Extracted
+
+HELP = "serve, stop, wait for, or set up the stage repository"
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    """BLUEPRINT/--arch, plus edgeci's global options (argparse does not pass them to nested sub-commands)."""
+    from edgeci.stages.common import add_target_args
+
+    add_target_args(p)
+    p.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    serve = sub.add_parser("serve", help="extract the repo from the image and serve it on 127.0.0.1 (background)")
+    _target_args(serve)
+    serve.add_argument("--source", choices=("auto", "image", "archive"), default="auto",
+                       help="image: the pushed image by digest; archive: the compose artifact; "
+                            "auto (default): the image when pushed, else the archive")
+    serve.add_argument("--port", type=int, default=None, help="port to listen on (default stage.port; 0 = any)")
+    stop = sub.add_parser("stop", help="stop the stage server started by 'stage serve'")
+    _target_args(stop)
+    wait = sub.add_parser("wait", help="wait until stage.url serves the record's commit")
+    _target_args(wait)
+    wait.add_argument("--url", default=None, help="stage repo URL (default stage.url)")
+    wait.add_argument("--deadline", type=float, default=None, help="seconds (default stage.wait_deadline)")
+    units = sub.add_parser("units", help="write the stage host's podman/systemd set-up")
+    _target_args(units)
+    units.add_argument("--output", "-o", default=None, metavar="DIR",
+                       help="directory for the files (default build/<blueprint>/<arch>/stage-host)")
+
+
+def stage_dir(cfg: Config, name: str, arch: str) -> Path:
+    return cfg.path(cfg.stage.dir, blueprint=name, arch=arch)
+
+
+class Steps:
+    """JUnit cases for the steps of one run: begin() a step, end() it; fail() marks the open one."""
+
+    def __init__(self) -> None:
+        self.cases: list[Case] = []
+        self._open: tuple[Case, float] | None = None
+
+    def begin(self, name: str) -> None:
+        from edgeci.report import Case
+
+        self._open = (Case(name), time.monotonic())
+        self.cases.append(self._open[0])
+
+    def end(self, output: str = "") -> None:
+        if self._open:
+            case, started = self._open
+            case.seconds, case.output = time.monotonic() - started, output
+            self._open = None
+
+    def fail(self, error: Exception) -> None:
+        from edgeci.errors import EdgeCIError
+        from edgeci.report import Outcome
+
+        if self._open:
+            case, started = self._open
+            case.seconds = time.monotonic() - started
+            case.outcome = Outcome.FAILED if getattr(error, "exit_code", 2) == 1 else Outcome.ERROR
+            case.message = str(error) if isinstance(error, EdgeCIError) else f"{type(error).__name__}: {error}"
+            self._open = None
+
+
+def _source(cfg: Config, rec: BuildRecord, choice: str) -> tuple[str, dict[str, Any]]:
+    """('image'|'archive'|'commit', details) — where the stage repo comes from."""
+    from edgeci.errors import RecordError
+
+    compose = rec.section("compose")
+    kind = compose.get("type") or "edge-container"
+    push = rec.get("push")
+    if kind == "edge-commit":
+        if choice == "image":
+            raise RecordError("an edge-commit has no image to stage from", where=f"{rec.path}: compose.type",
+                              fix="use --source archive (the default for edge-commit)")
+        return "commit", compose
+    if kind != "edge-container":
+        raise RecordError(f"a {kind} compose holds no ostree repo to stage", where=f"{rec.path}: compose.type",
+                          fix="stage the edge-container (or edge-commit) the installer is built from")
+    if choice == "image" or (choice == "auto" and push is not None):
+        rec.require("push")
+        return "image", rec.section("push")
+    return "archive", compose
+
+
+def serve(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci.errors import EdgeCIError, StageMismatch
+    from edgeci.report import write_junit
+    from edgeci.stage import StageServer, check_repo_commit, fetch_ref, populate_from_tar, stop_server
+    from edgeci.stages.common import load_record, target
+    from edgeci.ui import say
+
+    name, arch = target(cfg, args)
+    rec = load_record(cfg, name, arch)
+    rec.require("blueprint", "compose")
+    compose = rec.section("compose")
+    commit = rec.checksum
+    ref = str(compose.get("ref") or cfg.ref(name, arch))
+    kind, details = _source(cfg, rec, args.source)
+    sdir = stage_dir(cfg, name, arch)
+    steps = Steps()
+    server: StageServer | None = None
+    try:
+        stopped = stop_server(sdir) if sdir.is_dir() else None
+        if stopped:
+            say(f"stage {name}/{arch}: stopped the previous stage server (pid {stopped})")
+        if kind == "commit":
+            steps.begin("extract")
+            extracted = populate_from_tar(cfg.path(str(compose.get("artifact") or "")), sdir, repo_path="repo",
+                                          max_bytes=cfg.stage.max_archive_bytes,
+                                          sha256=compose.get("artifact_sha256"))
+            steps.end(f"{extracted.entries} entries, {extracted.bytes} bytes -> {extracted.repo}")
+        else:
+            extracted = _extract_image(cfg, kind, details, compose, sdir, steps)
+        say(f"stage {name}/{arch}: extracted {extracted.entries} entries ({extracted.bytes} bytes) "
+            f"into {extracted.repo}")
+        steps.begin("commit in image")
+        check_repo_commit(extracted.repo, ref, commit)
+        steps.end(f"{ref} -> {commit}")
+        steps.begin("serve")
+        port = cfg.stage.port if args.port is None else args.port
+        server = StageServer(extracted.repo, host=cfg.stage.host, port=port, state_dir=sdir).start()
+        steps.end(f"{server.url} pid {server.pid}")
+        steps.begin("served commit")
+        served = fetch_ref(server.url, ref)
+        if served != commit:
+            raise StageMismatch(f"the stage serves {served or 'no commit'}, expected {commit}",
+                                where=f"{server.url}/refs/heads/{ref}")
+        steps.end(f"{server.url}/refs/heads/{ref} = {served}")
+    except BaseException as e:
+        if server is not None:
+            server.stop()
+        if isinstance(e, EdgeCIError):
+            steps.fail(e)
+            write_junit(cfg.reports_dir, "stage", name, arch, steps.cases)
+        raise
+    pid, url = server.pid, server.url
+    rec.set("stage", {"url": url, "commit": commit, "mode": "serve", "dir": str(sdir), "pid": pid})
+    rec.save()
+    server.detach()
+    report = write_junit(cfg.reports_dir, "stage", name, arch, steps.cases)
+    say(f"stage {name}/{arch}: serving {commit} at {url} (pid {pid}); "
+        f"stop it with 'edgeci stage stop {name}'")
+    say(f"stage {name}/{arch}: report {report}")
+    return 0
+
+
+def _check_sha256(path: Path, expected: object) -> None:
+    import hashlib
+
+    from edgeci.errors import StageError
+
+    if not expected or not path.is_file():
+        return  # open_image names a missing file
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    if h.hexdigest() != str(expected).removeprefix("sha256:"):
+        raise StageError("the compose archive does not match the sha256 in the build record (changed since compose)",
+                         where=str(path), fix="run 'edgeci compose' again")
+
+
+def _extract_image(cfg: Config, kind: str, details: dict[str, Any], compose: dict[str, Any], sdir: Path,
+                   steps: Steps) -> Extracted:
+    """Verify the image's layers, then extract the repo (the pushed image by digest, or the archive)."""
+    import shutil
+    import tempfile
+
+    from edgeci.errors import StageError
+    from edgeci.stage import open_image, populate_from_image
+    from edgeci.tools import skopeo
+    from edgeci.tools.skopeo import Access
+
+    max_bytes = cfg.stage.max_archive_bytes
+    pulled: str | None = None
+    steps.begin("verify layers")
+    try:
+        if kind == "archive":
+            where = str(cfg.path(str(compose.get("artifact") or "")))
+            src = open_image(where, max_bytes=max_bytes)  # refuses an oversize archive before reading it
+        else:
+            digest = str(details["digest"])
+            destination = str(details["destination"])
+            where = f"{destination}@{digest}"
+            if destination.startswith("oci:"):
+                src = open_image(cfg.path(destination[len("oci:"):]), digest, max_bytes=max_bytes)
+            else:
+                sdir.mkdir(parents=True, exist_ok=True)
+                pulled = tempfile.mkdtemp(dir=sdir, prefix=".pull-")
+                access = Access.from_config(cfg)
+                skopeo.copy(where, f"oci:{pulled}:stage", retry_times=access.retry_times,
+                            src_tls_verify=access.tls_verify, authfile=access.authfile, src_creds=access.creds,
+                            attempts=access.attempts, backoff=access.backoff)
+                src = open_image(pulled, digest, max_bytes=max_bytes)
+        with src:
+            if kind == "archive":
+                _check_sha256(Path(where), compose.get("artifact_sha256"))
+            if kind == "image" and src.digest != details["digest"]:
+                raise StageError(f"the image is {src.digest}, the record says {details['digest']}", where=where)
+            # populate_from_image verifies every layer before it extracts anything
+            extracted = populate_from_image(src, sdir, repo_path=cfg.stage.repo_path, max_bytes=max_bytes)
+        steps.end(f"{where}: {len(extracted.layers)} layer(s) verified: "
+                  + ", ".join(layer.digest for layer in extracted.layers))
+        steps.begin("extract")
+        steps.end(f"{extracted.entries} entries, {extracted.bytes} bytes -> {extracted.repo}")
+        return extracted
+    finally:
+        if pulled:
+            shutil.rmtree(pulled, ignore_errors=True)
+
+
+def stop(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci.stage import stop_server
+    from edgeci.stages.common import target
+    from edgeci.ui import say
+
+    name, arch = target(cfg, args)
+    pid = stop_server(stage_dir(cfg, name, arch))
+    if pid is None:
+        say(f"stage {name}/{arch}: no stage server running")
+    else:
+        say(f"stage {name}/{arch}: stopped the stage server (pid {pid})")
+    return 0
+
+
+def wait(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci.errors import ConfigError, EdgeCIError
+    from edgeci.report import write_junit
+    from edgeci.stage import wait_for_commit
+    from edgeci.stages.common import load_record, target
+    from edgeci.ui import progress, say
+
+    name, arch = target(cfg, args)
+    url = (args.url or cfg.stage.url).rstrip("/")
+    if not url:
+        raise ConfigError("stage.url is empty: nothing to wait for", where="stage.url",
+                          fix="set stage.url to the stage host's repo URL, e.g. http://stage:8080/repo")
+    rec = load_record(cfg, name, arch)
+    rec.require("blueprint", "compose")
+    if rec.get("push") is not None:
+        rec.require("push")
+    commit = rec.checksum
+    ref = str(rec.section("compose").get("ref") or cfg.ref(name, arch))
+    deadline = cfg.stage.wait_deadline if args.deadline is None else args.deadline
+    say(f"stage {name}/{arch}: waiting up to {deadline:g} s for {url} to serve {ref} = {commit}")
+    steps = Steps()
+    steps.begin("served commit")
+    try:
+        served = wait_for_commit(url, ref, commit, deadline=deadline, interval=cfg.stage.wait_interval,
+                                 progress=progress(f"stage {name}/{arch}"))
+    except EdgeCIError as e:
+        steps.fail(e)
+        write_junit(cfg.reports_dir, "stage", name, arch, steps.cases)
+        raise
+    steps.end(f"{url}/refs/heads/{ref} = {served}")
+    rec.set("stage", {"url": url, "commit": served, "mode": "wait", "dir": "", "pid": None})
+    rec.save()
+    report = write_junit(cfg.reports_dir, "stage", name, arch, steps.cases)
+    say(f"stage {name}/{arch}: {url} serves {served}; report {report}")
+    return 0
+
+
+def units(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci.record import BuildRecord, atomic_write_text
+    from edgeci.stage import render_units, units_image
+    from edgeci.stages.common import record_file, target, work_dir
+    from edgeci.ui import say
+
+    name, arch = target(cfg, args)
+    rp = record_file(cfg, name, arch)
+    push = BuildRecord.load(rp).get("push") if rp.exists() else None
+    image = units_image(cfg, name, push)
+    files = render_units(cfg, name, image)
+    out = Path(args.output) if args.output else work_dir(cfg, name, arch) / "stage-host"
+    for fname, text in files.items():
+        atomic_write_text(out / fname, text, mode=0o755 if fname.endswith(".sh") else 0o644)
+        say(f"stage {name}/{arch}: wrote {out / fname}")
+    return 0
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    return int({"serve": serve, "stop": stop, "wait": wait, "units": units}[args.action](args, cfg))
