@@ -14,6 +14,7 @@ from typing import Any
 COMMANDS: dict[str, str] = {
     "lint": "edgeci.stages.lint",
     "changed": "edgeci.commands.changed",
+    "compose": "edgeci.stages.compose",
     "push": "edgeci.stages.push",
     "stage": "edgeci.stages.stage",
     "record": "edgeci.commands.record",

@@ -1,0 +1,164 @@
+"""`edgeci compose BLUEPRINT`: lint, compose with the configured backend, download the artifact, record it.
+
+Lints the blueprint first (errors stop here, exit 2: "run edgeci lint"), pushes it to the composer,
+starts the compose (edge-container by default), waits with one progress line per state change,
+downloads the artifact into build/<bp>/<arch>/ and records the blueprint and compose sections;
+reports/compose-<bp>-<arch>.xml has one case, "compose". A FAILED compose attaches its log to the
+JUnit failure and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeci.config import Config
+
+if TYPE_CHECKING:
+    from edgeci.blueprint import Blueprint
+
+HELP = "compose the blueprint into an ostree commit (edge-container or edge-commit) and record it"
+TYPES = ("edge-container", "edge-commit")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgeci.stages.common import add_target_args
+
+    add_target_args(p)
+    p.add_argument("--type", choices=TYPES, default=None,
+                   help="image type (default: blueprints.NAME.image_type or project.image_type)")
+    p.add_argument("--ref", default=None, help="ostree ref (default: rhel/9/<arch>/edge[/<blueprint>])")
+    p.add_argument("--parent", default=None, metavar="CHECKSUM", help="parent commit of the new commit")
+    p.add_argument("--url", default=None,
+                   help="repo URL to take the parent from (its ref tip when --parent is not given)")
+    p.add_argument("--backend", choices=("local", "weldr", "cloud"), default=None,
+                   help="composer backend (default: composer.backend)")
+    p.add_argument("--socket", default=None, metavar="PATH", help="weldr API socket (default: composer.socket)")
+
+
+def _display(cfg: Config, path: Path) -> str:
+    try:
+        return path.resolve().relative_to(cfg.root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def _lint(bp: Blueprint, cfg: Config) -> None:
+    from edgeci.blueprint import lint_blueprint
+    from edgeci.errors import BlueprintError
+
+    errors = [f for f in lint_blueprint(bp, cfg) if f.severity == "error"]
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise BlueprintError(f"blueprint fails lint: {first.message}{more}", where=first.where,
+                             fix=f"run edgeci lint {bp.path}")
+
+
+def _ensure_writable(directory: Path) -> None:
+    from edgeci.errors import ComposerError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".edgeci-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ComposerError(f"cannot write the build directory: {e.strerror}", where=str(e.filename or directory),
+                            fix="make it writable, or set project.build_dir") from None
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    import time
+
+    from edgeci import blueprint as blueprints
+    from edgeci.composer import backend
+    from edgeci.composer.base import ComposeRequest, ComposeState
+    from edgeci.errors import BlueprintError
+    from edgeci.oci import sha256_file
+    from edgeci.record import FAILED, BuildRecord
+    from edgeci.report import Case, Outcome, write_junit
+    from edgeci.stages.common import blueprint_path, record_file, target
+    from edgeci.tools import git
+    from edgeci.ui import error, progress, say, warn
+
+    name, arch = target(cfg, args)
+    path = blueprint_path(cfg, args.blueprint)
+    bp = blueprints.load(path)
+    _lint(bp, cfg)
+    if bp.name != name:
+        raise BlueprintError(f"blueprint is named '{bp.name}' but its file is {path.name}", where=str(path),
+                             fix=f"rename the file to {bp.name}.toml or set name = \"{name}\"")
+    checks_text = ""
+    if bp.checks_path.is_file():
+        from edgeci.checks import load_checks
+
+        load_checks(bp.checks_path)  # strict: a bad checks file stops here with file:line
+        checks_text = bp.checks_path.read_text(encoding="utf-8")
+
+    if args.backend:
+        cfg.composer.backend = args.backend
+    if args.socket:
+        cfg.composer.socket = args.socket
+    _ensure_writable(cfg.build_dir)
+    dest = cfg.build_dir / name / arch
+    _ensure_writable(dest)
+
+    rec_path = record_file(cfg, name, arch)
+    rec = BuildRecord.load_or_new(rec_path)
+    git_sha = git.head_sha(path.resolve())
+    bp_section: dict[str, Any] = {"name": bp.name, "version": bp.version, "path": _display(cfg, path),
+                                  "git_sha": git_sha, "sha256": bp.sha256}
+    old = rec.get("blueprint")
+    if not old or any(old.get(k) != v for k, v in bp_section.items()) or old.get("status") != "passed":
+        rec.set("blueprint", bp_section)  # a changed blueprint: the later sections described another one
+
+    composer = backend(cfg)
+    image_type = args.type or cfg.image_type(name)
+    request = ComposeRequest(
+        blueprint_name=bp.name, blueprint_toml=bp.text, image_type=image_type,
+        ref=args.ref or cfg.ref(name, arch), parent=args.parent or "", url=args.url or "", arch=arch,
+        distro=cfg.distro(name), size=cfg.composer.size, git_sha=git_sha, checks_yaml=checks_text,
+        blueprint_version=bp.version,
+    )
+    composer.push_blueprint(bp.name, bp.text)
+    started = time.monotonic()
+    compose_id = composer.start(request)
+    say(f"compose {compose_id}: {bp.name} {bp.version} {image_type} ref {request.ref} ({composer.name})")
+    status = composer.wait(compose_id, deadline=cfg.composer.deadline, progress=progress(f"compose {compose_id[:8]}"))
+    seconds = time.monotonic() - started
+    base: dict[str, Any] = {"backend": composer.name, "id": compose_id, "type": image_type, "ref": request.ref,
+                            "url": request.url}
+
+    if status.state is not ComposeState.FINISHED:
+        logs = composer.logs(compose_id)
+        message = f"compose {compose_id} {status.state.value}" + (f": {status.detail}" if status.detail else "")
+        rec.set("compose", {**base, "artifact": "", "artifact_sha256": "", "commit": "", "parent": request.parent,
+                            "packages": [], "warnings": []}, status=FAILED)
+        rec.save()
+        write_junit(cfg.reports_dir, "compose", name, arch,
+                    [Case("compose", Outcome.FAILED, message, logs or message, seconds)])
+        error(message)
+        return 1
+
+    artifact = composer.download(compose_id, dest)
+    info = composer.info(compose_id)
+    sha = sha256_file(artifact)
+    warnings = [str(w) for w in info.get("warnings", [])]
+    for w in warnings:
+        warn(w)
+    section = {**base, "artifact": _display(cfg, artifact), "artifact_sha256": sha, "commit": info.get("commit", ""),
+               "parent": info.get("parent", request.parent), "packages": info.get("packages", []),
+               "warnings": warnings}
+    rec.set("compose", section)
+    rec.save()
+    output = "\n".join([f"commit {section['commit']}", f"ref {request.ref}",
+                        f"parent {section['parent'] or '(none)'}", f"artifact {artifact} sha256 {sha}",
+                        *(f"warning: {w}" for w in warnings)])
+    report = write_junit(cfg.reports_dir, "compose", name, arch, [Case("compose", Outcome.PASSED, "", output, seconds)])
+    say(f"compose {compose_id}: commit {section['commit']}" + (f" (parent {section['parent']})"
+                                                              if section["parent"] else ""))
+    say(f"artifact {section['artifact']}")
+    say(f"record {rec_path}; report {report}")
+    return 0
