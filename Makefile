@@ -8,7 +8,7 @@ STAMP = .deps
 .PHONY: demo test deps apt pip npm lint bench clean
 
 demo: deps
-	$(PYTHON) -m edgeci demo
+	PYTHON=$(PYTHON) scripts/demo.sh
 
 test: deps npm
 	$(PYTHON) -m pytest -q tests
