@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "compose": "edgeci.stages.compose",
     "push": "edgeci.stages.push",
     "stage": "edgeci.stages.stage",
+    "run": "edgeci.commands.run",
+    "report": "edgeci.commands.report",
     "record": "edgeci.commands.record",
 }
 

@@ -104,7 +104,8 @@ code{font-size:.9em} .muted{color:#7b8794}
 .passed,.approved,.healthy{color:#2f7d32;font-weight:600} .failed,.denied,.error{color:#c62828;font-weight:600}
 .skipped,.pending{color:#b26a00;font-weight:600}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:.3rem;background:#f0f4f8}
-pre{white-space:pre-wrap;background:#f5f7fa;padding:.5rem;max-height:12rem;overflow:auto}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f5f7fa;padding:.5rem;max-height:12rem;overflow:auto;margin:0}
+td:first-child{white-space:nowrap}
 """
 
 

@@ -32,7 +32,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         say(rec.to_json())
         return 0
     say(f"record {rec.path}")
-    for sec_name, sec in rec.sections.items():
+    from edgeci.record import SECTIONS
+
+    for sec_name in sorted(rec.sections, key=lambda n: SECTIONS.index(n) if n in SECTIONS else len(SECTIONS)):
+        sec = rec.sections[sec_name]
         detail = ""
         for key in ("version", "commit", "digest", "url", "decision", "checksum"):
             if key in sec:

@@ -1,0 +1,98 @@
+"""`edgeci report BLUEPRINT`: the release report (static HTML + JSON) from the record and production."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edgeci.config import Config
+
+HELP = "write the release report (HTML and JSON) of a blueprint: history, timeline, boot test, diffs, delta"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgeci.stages.common import add_target_args
+
+    add_target_args(p)
+    p.add_argument("--output", metavar="DIR", default=None, help="where to write (default: the reports directory)")
+
+
+def _repo_with(repos: list[Path], *commits: str) -> Path | None:
+    from edgeci.tools import ostree
+
+    for repo in repos:
+        if (repo / "config").is_file() and all(ostree.has_commit(repo, c) for c in commits):
+            return repo
+    return None
+
+
+def _file_diff(repos: list[Path], old: str | None, new: str) -> dict[str, list[str]]:
+    from edgeci.tools import ostree
+
+    if not old or old == new:
+        return {}
+    repo = _repo_with(repos, old, new)
+    if repo is None:
+        return {}
+    names = {"A": "added", "M": "modified", "D": "deleted"}
+    out: dict[str, list[str]] = {v: [] for v in names.values()}
+    for kind, path in ostree.diff(repo, old, new):
+        out[names[kind]].append(path)
+    return out
+
+
+def collect(cfg: Config, name: str, arch: str) -> Any:
+    from edgeci.htmlreport import ReportData, package_diff, timeline_from_record
+    from edgeci.promote import ProdSettings, read_production
+    from edgeci.record import now_iso
+    from edgeci.stages.common import load_record
+
+    record = load_record(cfg, name, arch)
+    compose = record.get("compose") or {}
+    commit = str(compose.get("commit", ""))
+    ref = str(compose.get("ref") or cfg.ref(name, arch))
+    settings = ProdSettings.from_config(cfg)
+    state = read_production(settings, ref)
+    releases = list(reversed(state.releases))
+    # compare with the release before the candidate: production itself unless the candidate is it
+    previous = next((r for r in releases if r.get("checksum") != commit), None)
+    boot = record.get("boot_test") or {}
+    stage = record.get("stage") or {}
+    repos = [settings.repo]
+    if stage.get("dir"):
+        stage_dir = Path(str(stage["dir"]))
+        repos += [stage_dir, stage_dir / cfg.stage.repo_path, stage_dir / "repo"]
+    gate = record.get("gate") or {}
+    push = record.get("push") or {}
+    return ReportData(
+        blueprint=name,
+        arch=arch,
+        version=str((record.get("blueprint") or {}).get("version", "")),
+        commit=commit,
+        decision=str(gate.get("decision", "")),
+        releases=releases,
+        timeline=timeline_from_record(record),
+        boot_test=boot,
+        packages=package_diff(list(previous.get("packages") or []), list(compose.get("packages") or []))
+        if previous else {},
+        files=_file_diff(repos, str(previous.get("checksum")) if previous else None, commit) if commit else {},
+        delta_bytes=boot.get("delta_bytes"),
+        full_bytes=boot.get("full_bytes"),
+        image=str(push.get("image_ref", "")),
+        generated=now_iso(),
+    )
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci.htmlreport import write
+    from edgeci.stages.common import target
+    from edgeci.ui import say
+
+    name, arch = target(cfg, args)
+    data = collect(cfg, name, arch)
+    out_dir = Path(args.output) if args.output else cfg.reports_dir
+    html_path, json_path = write(data, out_dir)
+    say(f"report: {html_path}")
+    say(f"data:   {json_path}")
+    return 0

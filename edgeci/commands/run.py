@@ -1,0 +1,146 @@
+"""`edgeci run [BLUEPRINT...]`: the whole pipeline, lint → compose → push → stage → boot-test → gate → promote.
+
+Each stage runs as its own command (the same code path as in CI, one stage never calling another);
+this command only sequences them, prints one line per stage with elapsed time, and stops at the
+first stage that does not pass. At a pending gate it says exactly how to approve and resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from edgeci.config import Config
+
+if TYPE_CHECKING:
+    from edgeci.record import BuildRecord
+
+HELP = "run the whole pipeline for blueprints (default: all), stopping at the gate until approved"
+
+# (stage, record section it writes)
+STAGES = [
+    ("lint", "lint"),
+    ("compose", "compose"),
+    ("push", "push"),
+    ("stage", "stage"),
+    ("boot-test", "boot_test"),
+    ("gate", "gate"),
+    ("promote", "promote"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("blueprints", nargs="*", metavar="BLUEPRINT", help="blueprint names (default: all)")
+    p.add_argument("--arch", default=None, help="only this architecture")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each blueprint from its first stage that has not passed (after an approval)")
+    p.add_argument("--until", choices=[s for s, _ in STAGES], default=None,
+                   help="stop after this stage (e.g. boot-test for merge-request pipelines)")
+
+
+def _first_pending(record: BuildRecord | None) -> int:
+    """Index of the first stage whose record section is missing or failed."""
+    from edgeci.record import PASSED
+
+    if record is None:
+        return 0
+    for i, (_, section) in enumerate(STAGES):
+        sec = record.get(section)
+        if sec is None or sec.get("status") != PASSED:
+            return i
+        if section == "gate" and sec.get("decision") != "approved":
+            return i
+    return len(STAGES)
+
+
+def _production_url(cfg: Config, name: str, arch: str) -> str:
+    """Where the composer takes the parent from: the production repo, when it has the ref."""
+    from edgeci.tools import ostree
+
+    if cfg.prod.url:
+        return cfg.prod.url
+    repo = cfg.path(cfg.prod.repo)
+    if (repo / "config").is_file() and ostree.rev_parse(repo, cfg.ref(name, arch)):
+        return repo.resolve().as_uri()
+    return ""
+
+
+def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str]) -> list[str]:
+    if stage == "lint":
+        from edgeci.stages.common import blueprint_path
+
+        return [*config_args, "lint", str(blueprint_path(cfg, name))]
+    if stage == "compose":
+        argv = [*config_args, "compose", name, "--arch", arch]
+        url = _production_url(cfg, name, arch)
+        return [*argv, "--url", url] if url else argv
+    if stage == "stage":
+        return [*config_args, "stage", cfg.stage.mode, name, "--arch", arch]
+    return [*config_args, stage, name, "--arch", arch]
+
+
+def _stage_server_running(record: BuildRecord | None) -> bool:
+    from edgeci.stage import server_info
+
+    sec = record.get("stage") if record else None
+    return bool(sec and sec.get("dir") and server_info(str(sec["dir"])) is not None)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci.cli import main
+    from edgeci.errors import BlueprintError
+    from edgeci.record import BuildRecord
+    from edgeci.stages.common import record_file
+    from edgeci.ui import say
+
+    names = args.blueprints or sorted(p.stem for p in cfg.blueprints_dir.glob("*.toml"))
+    if not names:
+        raise BlueprintError("no blueprints to run", where=str(cfg.blueprints_dir),
+                             fix="add blueprints/NAME.toml or name the blueprints to build")
+    cfg_file = cfg.source != "(embedded default)"
+    config_args = ["--config", cfg.source] if cfg_file else []
+    for pair in getattr(args, "set", None) or []:
+        config_args += ["--set", pair]
+    last = [s for s, _ in STAGES].index(args.until) if args.until else len(STAGES) - 1
+    worst = 0
+    started = time.monotonic()
+    for name in names:
+        for arch in ([args.arch] if args.arch else cfg.arches(name)):
+            path = record_file(cfg, name, arch)
+            record = BuildRecord.load(path) if args.resume and path.exists() else None
+            first = _first_pending(record) if args.resume else 0
+            if args.resume and first == len(STAGES):
+                say(f"{name}/{arch}: already promoted ({record.section('promote').get('version') if record else ''})")
+                continue
+            # promotion pulls from the stage: make sure it still serves when resuming past it
+            if args.resume and first > 3 and cfg.stage.mode == "serve" and not _stage_server_running(record):
+                say(f"{name}/{arch}: the stage server is not running; serving the stage again")
+                first = 3
+            code, i = 0, first
+            for i in range(first, last + 1):
+                stage, _ = STAGES[i]
+                t0 = time.monotonic()
+                say(f"==> {stage} {name}/{arch}")
+                code = main(_argv(stage, cfg, name, arch, config_args))
+                took = time.monotonic() - t0
+                verdict = "passed" if code == 0 else ("failed" if code == 1 else "error")
+                if stage == "gate" and code == 1:
+                    verdict = "not approved"
+                say(f"<== {stage} {name}/{arch}: {verdict} ({took:.1f}s, {time.monotonic() - started:.1f}s total)")
+                if code != 0:
+                    break
+            if code == 0 and last == len(STAGES) - 1 and cfg.stage.mode == "serve":
+                main([*config_args, "stage", "stop", name, "--arch", arch])
+            elif code == 1 and i < len(STAGES) and STAGES[i][0] == "gate":
+                plain = " ".join(["edgeci", *(["--config", shlex.quote(cfg.source)] if cfg_file else [])])
+                full = " ".join(["edgeci", *map(shlex.quote, config_args)])
+                say(f"{name}/{arch} is waiting for approval. Approve the tested commit as someone other "
+                    f"than its author, then resume:")
+                say(f"    {plain} approve {name} --arch {arch} --as NAME")
+                say(f"    {full} run {name} --arch {arch} --resume      (or: {full} promote {name} --arch {arch})")
+            worst = max(worst, code)
+    sys.stdout.flush()
+    return worst
