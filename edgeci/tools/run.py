@@ -113,6 +113,21 @@ def _tail(text: str, lines: int = 8) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _prepare(
+    argv: Sequence[str | os.PathLike[str]], env: Mapping[str, str] | None
+) -> tuple[list[str], dict[str, str] | None, str]:
+    """(argv with the program resolved on PATH, os.environ merged with env or None, the masked command line)."""
+    args = [os.fspath(a) for a in argv]
+    if not args:
+        raise ValueError("empty argv")
+    if os.sep not in args[0]:
+        args[0] = which(args[0])
+    full_env = None
+    if env is not None:
+        full_env = {**os.environ, **env}
+    return args, full_env, " ".join(mask_argv([os.path.basename(args[0]), *args[1:]]))
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -127,16 +142,7 @@ def run(
 
     `env` is merged over os.environ. Output is decoded as UTF-8 with replacement when text=True.
     """
-    args = [os.fspath(a) for a in argv]
-    if not args:
-        raise ValueError("empty argv")
-    if os.sep not in args[0]:
-        args[0] = which(args[0])
-    full_env = None
-    if env is not None:
-        full_env = dict(os.environ)
-        full_env.update(env)
-    shown = " ".join(mask_argv([os.path.basename(args[0]), *args[1:]]))
+    args, full_env, shown = _prepare(argv, env)
     log.debug("run: %s", shown)
     started = time.monotonic()
     data = input.encode() if isinstance(input, str) else input
@@ -241,14 +247,7 @@ def start(
     stdin: int | None = subprocess.DEVNULL,
 ) -> Process:
     """Start argv in the background in its own process group; output goes to log_path."""
-    args = [os.fspath(a) for a in argv]
-    if os.sep not in args[0]:
-        args[0] = which(args[0])
-    full_env = None
-    if env is not None:
-        full_env = dict(os.environ)
-        full_env.update(env)
-    shown = " ".join(mask_argv([os.path.basename(args[0]), *args[1:]]))
+    args, full_env, shown = _prepare(argv, env)
     log.debug("start: %s", shown)
     lp = Path(log_path) if log_path else None
     out = open(lp, "wb") if lp else subprocess.DEVNULL
