@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "compose": "edgeci.stages.compose",
     "push": "edgeci.stages.push",
     "stage": "edgeci.stages.stage",
+    "boot-test": "edgeci.stages.boottest",
     "run": "edgeci.commands.run",
     "report": "edgeci.commands.report",
     "record": "edgeci.commands.record",

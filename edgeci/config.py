@@ -122,6 +122,7 @@ class BootTestConfig:
     timeout: float = 120.0
     kvm: str = "auto"  # auto (probe) | on | off
     kvm_probe_timeout: float = 5.0  # seconds a KVM guest gets to print its kernel banner (auto)
+    parallel: bool = True  # install and upgrade+rollback run on two devices at once
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
 
 

@@ -401,3 +401,173 @@ def admin_remote_pull(sysroot: PathLike, remote: str, ref: str) -> Completed:
     """Pull into a sysroot's repo (runs in the user namespace too, so ownership stays consistent)."""
     repo = Path(sysroot) / "ostree" / "repo"
     return run([*ADMIN_PREFIX, "ostree", f"--repo={repo}", "pull", remote, ref], timeout=3600)
+
+
+def admin_pull(sysroot: PathLike, remote: str, refspec: str, *, timeout: float | None = 3600) -> Completed:
+    """Pull REF or REF@CHECKSUM into a sysroot's repo (in the user namespace); stdout has the statistics."""
+    repo = Path(sysroot) / "ostree" / "repo"
+    return run([*ADMIN_PREFIX, "ostree", f"--repo={repo}", "pull", remote, refspec], timeout=timeout)
+
+
+def admin_set_ref(sysroot: PathLike, ref: str, checksum: str) -> None:
+    """Point a ref (REMOTE:REF allowed) of a sysroot's repo at a commit it holds, e.g. so that the next
+    pull from that remote finds the static delta from what the device runs."""
+    repo = Path(sysroot) / "ostree" / "repo"
+    run([*ADMIN_PREFIX, "ostree", f"--repo={repo}", "refs", "--force", f"--create={ref}", checksum])
+
+
+@dataclass
+class Deployment:
+    osname: str
+    checksum: str
+    serial: int
+    booted: bool = False
+
+    def root(self, sysroot: PathLike) -> Path:
+        return Path(sysroot) / "ostree" / "deploy" / self.osname / "deploy" / f"{self.checksum}.{self.serial}"
+
+
+_DEPLOYMENT_RE = re.compile(r"^\s*(\*\s+)?(\S+)\s+([0-9a-f]{64})\.(\d+)")
+
+
+def admin_deployments(sysroot: PathLike) -> list[Deployment]:
+    """Deployments in boot order (the first is the default), from `ostree admin status`."""
+    out = []
+    for line in admin_status(sysroot).splitlines():
+        m = _DEPLOYMENT_RE.match(line)
+        if m:
+            out.append(Deployment(m.group(2), m.group(3), int(m.group(4)), booted=bool(m.group(1))))
+    return out
+
+
+# `ostree admin` 2022.7 has no rollback/set-default: reorder through libostree, whose Python bindings
+# import only in Debian's own interpreter (LAB.md), run as a tool in the same user namespace.
+SYSTEM_PYTHON = "/usr/bin/python3"
+_SET_DEFAULT = """
+import sys
+import gi
+gi.require_version("OSTree", "1.0")
+from gi.repository import Gio, OSTree
+sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(sys.argv[1]))
+sysroot.load(None)
+deployments = list(sysroot.get_deployments())
+index = int(sys.argv[2])
+if not 0 <= index < len(deployments):
+    sys.exit("no deployment %d (there are %d)" % (index, len(deployments)))
+chosen = deployments.pop(index)
+sysroot.write_deployments([chosen] + deployments, None)
+print(chosen.get_csum())
+"""
+
+
+def admin_set_default(sysroot: PathLike, index: int) -> str:
+    """Make deployment `index` (0 = current default) the default, like `rpm-ostree rollback` does for 1.
+    Rewrites the boot entries; returns the new default's checksum."""
+    if not Path(SYSTEM_PYTHON).is_file():
+        raise ToolError(f"{SYSTEM_PYTHON} is missing (libostree's Python bindings run only there)",
+                        fix="install it: apt-get install python3-gi gir1.2-ostree-1.0")
+    r = run([*ADMIN_PREFIX, SYSTEM_PYTHON, "-c", _SET_DEFAULT, os.fspath(sysroot), str(index)], check=False)
+    if not r.ok:
+        detail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        fix = ("install python3-gi gir1.2-ostree-1.0" if "gi" in detail.lower() and "module" in detail.lower()
+               else None)
+        raise ToolError(f"cannot change the default deployment of {os.fspath(sysroot)}: {detail}",
+                        argv=r.argv, returncode=r.returncode, stderr=r.stderr, fix=fix)
+    return r.stdout.strip().splitlines()[-1]
+
+
+# -- used by promotion (edgeci/promote.py) ------------------------------------------------------------
+
+def remote_url(repo: PathLike, name: str) -> str | None:
+    """The URL of remote `name`, None when the repo has no such remote."""
+    r = cli(repo, "remote", "show-url", name, check=False)
+    return r.stdout.strip() if r.ok and r.stdout.strip() else None
+
+
+_KEY_ID_RE = re.compile(r"key ID ([0-9A-Fa-f]{8,40})")
+
+
+def signature_key_ids(repo: PathLike, rev: str, homedir: PathLike | None = None) -> list[str]:
+    """Key IDs (upper-case hex, as ostree prints them) of the GPG signatures attached to a commit."""
+    args = ["show"]
+    if homedir:
+        args.append(f"--gpg-homedir={os.fspath(homedir)}")
+    r = cli(repo, *args, rev, check=False)
+    return [m.group(1).upper() for m in _KEY_ID_RE.finditer(r.stdout + r.stderr)] if r.ok else []
+
+
+# Verify a commit's objects with libostree's fsck_object (checksums recomputed, missing objects fail).
+# With a second commit, only the objects that differ from it are checked: subtrees whose dirtree and
+# dirmeta checksums are equal are skipped, so the cost follows the size of the change, not of the tree.
+_FSCK_COMMIT = """
+import sys
+import gi
+gi.require_version("OSTree", "1.0")
+from gi.repository import Gio, OSTree
+T = OSTree.ObjectType
+repo = OSTree.Repo.new(Gio.File.new_for_path(sys.argv[1]))
+repo.open(None)
+new, old = sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else "")
+hexsum = OSTree.checksum_from_bytes_v
+todo = [(T.COMMIT, new)]
+
+def root(commit):
+    v = repo.load_variant(T.COMMIT, commit)[1]
+    return hexsum(v.get_child_value(6)), hexsum(v.get_child_value(7))
+
+def entries(tree):
+    v = repo.load_variant(T.DIR_TREE, tree)[1]
+    fv, dv = v.get_child_value(0), v.get_child_value(1)
+    files = {}
+    for i in range(fv.n_children()):
+        c = fv.get_child_value(i)
+        files[c.get_child_value(0).get_string()] = hexsum(c.get_child_value(1))
+    dirs = {}
+    for i in range(dv.n_children()):
+        c = dv.get_child_value(i)
+        dirs[c.get_child_value(0).get_string()] = (hexsum(c.get_child_value(1)), hexsum(c.get_child_value(2)))
+    return files, dirs
+
+def walk(tree, meta, otree, ometa):
+    if meta != ometa:
+        todo.append((T.DIR_META, meta))
+    if tree == otree:
+        return
+    todo.append((T.DIR_TREE, tree))
+    files, dirs = entries(tree)
+    ofiles, odirs = entries(otree) if otree else ({}, {})
+    for name, csum in files.items():
+        if ofiles.get(name) != csum:
+            todo.append((T.FILE, csum))
+    for name, (t, m) in dirs.items():
+        ot, om = odirs.get(name, (None, None))
+        walk(t, m, ot, om)
+
+ot, om = root(old) if old else (None, None)
+nt, nm = root(new)
+walk(nt, nm, ot, om)
+seen = set()
+for kind, csum in todo:
+    if (kind, csum) in seen:
+        continue
+    seen.add((kind, csum))
+    repo.fsck_object(kind, csum, None)
+print(len(seen))
+"""
+
+
+def fsck_commit(repo: PathLike, checksum: str, *, since: str | None = None, timeout: float | None = 3600) -> int:
+    """Verify every object of commit `checksum` (or only those that differ from commit `since`, which must
+    be complete in the repo): recompute checksums, fail on missing or corrupted objects. Returns the number
+    of objects checked. `ostree fsck` itself checks the whole repository and cannot be limited to a commit."""
+    if not Path(SYSTEM_PYTHON).is_file():
+        raise ToolError(f"{SYSTEM_PYTHON} is missing (libostree's Python bindings run only there)",
+                        fix="install it: apt-get install python3-gi gir1.2-ostree-1.0")
+    argv = [SYSTEM_PYTHON, "-c", _FSCK_COMMIT, os.fspath(repo), checksum] + ([since] if since else [])
+    r = run(argv, check=False, timeout=timeout)
+    if not r.ok:
+        detail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ToolError(f"fsck of commit {checksum} in {os.fspath(repo)} failed: {detail}",
+                        argv=r.argv, returncode=r.returncode, stderr=r.stderr,
+                        fix="re-run the promotion (it pulls missing objects again); run 'ostree fsck' on the repo")
+    return int(r.stdout.strip().splitlines()[-1])

@@ -1,0 +1,43 @@
+"""ssh wrapper: one command on a test VM, non-interactive, throwaway host keys accepted.
+
+The VM under test is created a minute earlier and destroyed after the test: its host key cannot be
+known in advance, so it is accepted and never stored (UserKnownHostsFile=/dev/null).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgeci.tools.run import Completed, run
+
+Runner = Callable[..., Completed]
+
+
+@dataclass
+class SSHTarget:
+    host: str
+    user: str
+    key: str = ""  # private key file; "" = the user's default keys / agent
+    port: int = 22
+    connect_timeout: int = 10
+
+    def argv(self, command: str) -> list[str]:
+        args = ["ssh", "-p", str(self.port),
+                "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR",
+                "-o", f"ConnectTimeout={self.connect_timeout}",
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        if self.key:
+            args += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        return [*args, f"{self.user}@{self.host}", "--", command]
+
+
+def ssh(target: SSHTarget, command: str | list[str], *, input: str | None = None, timeout: float = 300,
+        check: bool = False, runner: Runner = run) -> Completed:
+    """Run one command on the target (a list is shell-quoted for the remote shell)."""
+    text = command if isinstance(command, str) else shlex.join(command)
+    return runner(target.argv(text), input=input, timeout=timeout, check=check)
