@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "boot-test": "edgeci.stages.boottest",
     "run": "edgeci.commands.run",
     "report": "edgeci.commands.report",
+    "gitlab": "edgeci.commands.gitlab",
+    "jenkins": "edgeci.commands.jenkins",
     "record": "edgeci.commands.record",
 }
 

@@ -1,0 +1,721 @@
+"""GitLab: the generated child pipeline, the monthly schedule, the protected environment, the MR note.
+
+`child_pipeline()` turns the blueprints a pipeline must build into one job per blueprint × arch and
+stage; the `ensure_*` functions read the server's state first and write only what differs, so a
+second run changes nothing. python-gitlab is imported lazily; the token (EDGECI_GITLAB_TOKEN) is
+registered for masking and never appears in messages.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from edgeci.config import Config
+from edgeci.errors import ConfigError, EdgeCIError
+from edgeci.tools.run import mask
+
+MR_NOTE_MARKER = "<!-- edgeci:mr-summary -->"
+ZERO_SHA = "0" * 40
+BUILD_STAGES = ("compose", "push", "stage", "boot-test")
+CHILD_STAGES = (*BUILD_STAGES, "promote")
+# access levels GitLab accepts for deploy_access_levels / approval_rules
+ACCESS_LEVELS = {"developer": 30, "maintainer": 40, "admin": 60}
+
+
+class GitLabError(EdgeCIError):
+    """GitLab refused a request or could not be reached."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The child pipeline
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    blueprint: str
+    arch: str
+
+    @property
+    def slug(self) -> str:
+        return f"{self.blueprint}:{self.arch}"
+
+    @property
+    def work_dir(self) -> str:
+        return f"build/{self.blueprint}/{self.arch}/"
+
+    def report(self, stage: str) -> str:
+        return f"reports/{stage}-{self.blueprint}-{self.arch}.xml"
+
+    def job(self, stage: str) -> str:
+        return f"{stage}:{self.slug}"
+
+
+class Mode(StrEnum):
+    """What kind of pipeline is planning: it decides how far the child pipeline goes."""
+
+    MERGE_REQUEST = "merge_request"  # lint … boot-test, then the summary note on the MR
+    BRANCH = "branch"  # a push to another branch: lint … boot-test
+    DEFAULT_BRANCH = "default_branch"  # after merge: … boot-test, then the manual, gated promote
+    SCHEDULE = "schedule"  # monthly: every blueprint rebuilt, then the manual, gated promote
+
+    @property
+    def promotes(self) -> bool:
+        return self in (Mode.DEFAULT_BRANCH, Mode.SCHEDULE)
+
+
+def detect_mode(env: Mapping[str, str]) -> Mode:
+    """The pipeline kind from GitLab's predefined variables."""
+    source = env.get("CI_PIPELINE_SOURCE", "")
+    if source == "schedule":
+        return Mode.SCHEDULE
+    if source in ("merge_request_event", "external_pull_request_event") or env.get("CI_MERGE_REQUEST_IID"):
+        return Mode.MERGE_REQUEST
+    branch, default = env.get("CI_COMMIT_BRANCH", ""), env.get("CI_DEFAULT_BRANCH", "")
+    if branch and branch == default:
+        return Mode.DEFAULT_BRANCH
+    return Mode.BRANCH
+
+
+def split_tags(value: str) -> list[str]:
+    return [t.strip() for t in value.replace("\n", ",").split(",") if t.strip()]
+
+
+@dataclass
+class ChildOptions:
+    """Everything the generated jobs need that is not in edgeci.yaml."""
+
+    mode: Mode = Mode.BRANCH
+    image: str = ""  # empty: the runner's default (shell runners ignore it)
+    build_tags: list[str] = field(default_factory=list)
+    promote_tags: list[str] = field(default_factory=lambda: ["ostree-prod"])
+    install: str = ""  # pip requirement installed when `edgeci` is not on PATH, e.g. edgeci[gitlab]
+    expire_in: str = "1 week"
+    environment: str = "production"
+    environment_url: str = ""
+    resource_group: str = "production"
+    parent_pipeline_id: str = ""  # the parent pipeline, for needs:pipeline (the lint job's records)
+    lint_job: str = "edgeci-lint"
+    mr_iid: str = ""
+    stage_action: str = "serve"  # `edgeci stage serve|wait`
+    parent_urls: dict[Target, str] = field(default_factory=dict)  # compose --url: production, when it exists
+
+    @classmethod
+    def from_env(cls, cfg: Config, env: Mapping[str, str]) -> ChildOptions:
+        """Defaults from the variables the template sets (EDGECI_*) and GitLab's predefined ones."""
+        return cls(
+            mode=detect_mode(env),
+            image=env.get("EDGECI_IMAGE", ""),
+            build_tags=split_tags(env.get("EDGECI_BUILD_TAGS", "")),
+            promote_tags=split_tags(env.get("EDGECI_PROMOTE_TAGS", "ostree-prod")),
+            install=env.get("EDGECI_INSTALL", ""),
+            expire_in=env.get("EDGECI_ARTIFACTS_EXPIRE_IN", "") or "1 week",
+            environment=env.get("EDGECI_ENVIRONMENT", "") or cfg.gate.gitlab.environment or "production",
+            environment_url=cfg.prod.url,
+            resource_group=env.get("EDGECI_RESOURCE_GROUP", "") or "production",
+            parent_pipeline_id=env.get("CI_PIPELINE_ID", ""),
+            mr_iid=env.get("CI_MERGE_REQUEST_IID", ""),
+            stage_action="wait" if cfg.stage.mode == "wait" else "serve",
+        )
+
+
+def production_url(cfg: Config, blueprint: str, arch: str) -> str:
+    """Where compose takes the parent from, so candidates build on top of production: prod.url, else the
+    local production repo when it already has the blueprint's ref; '' for a first release."""
+    from edgeci.tools import ostree
+
+    if cfg.prod.url:
+        return cfg.prod.url
+    repo = cfg.path(cfg.prod.repo)
+    if (repo / "config").is_file() and ostree.rev_parse(repo, cfg.ref(blueprint, arch)):
+        return repo.resolve().as_uri()
+    return ""
+
+
+def targets_for(cfg: Config, blueprints: list[str]) -> list[Target]:
+    """One target per blueprint × configured arch, sorted."""
+    return sorted(Target(bp, arch) for bp in blueprints for arch in cfg.arches(bp))
+
+
+def _artifacts(opts: ChildOptions, t: Target, stage: str, *reports: str) -> dict[str, Any]:
+    files = [t.report(s) for s in (reports or (stage,))]
+    return {
+        "name": f"{stage}-{t.blueprint}-{t.arch}",
+        "when": "always",
+        "expire_in": opts.expire_in,
+        # gitlab-ci-local does not export reports:junit, and people want the XML: list it under paths too
+        "paths": [t.work_dir, *files],
+        "reports": {"junit": files if len(files) > 1 else files[0]},
+    }
+
+
+def _job_base(opts: ChildOptions, t: Target, tags: list[str], stage: str) -> dict[str, Any]:
+    job: dict[str, Any] = {"stage": stage}
+    if opts.image:
+        job["image"] = opts.image
+    if tags:
+        job["tags"] = list(tags)
+    job["variables"] = {"EDGECI_BLUEPRINT": t.blueprint, "EDGECI_ARCH": t.arch}
+    if opts.install:
+        job["before_script"] = [_install_line(opts.install)]
+    return job
+
+
+def _install_line(install: str) -> str:
+    import shlex
+
+    args = shlex.join(shlex.split(install))  # pip arguments, e.g. "edgeci[gitlab]" or "-e .[gitlab]"
+    return f'command -v edgeci >/dev/null 2>&1 || "${{EDGECI_PYTHON:-python3}}" -m pip install {args}'
+
+
+_ON = '"$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH"'
+
+
+def child_pipeline(targets: list[Target], opts: ChildOptions) -> dict[str, Any]:
+    """The child pipeline as a YAML-ready mapping (see render_yaml)."""
+    stages = list(CHILD_STAGES if opts.mode.promotes else BUILD_STAGES)
+    doc: dict[str, Any] = {"stages": stages}
+    variables: dict[str, str] = {"EDGECI_PIPELINE_MODE": opts.mode.value}
+    if opts.parent_pipeline_id:
+        variables["PARENT_PIPELINE_ID"] = str(opts.parent_pipeline_id)
+    doc["variables"] = variables
+    if not targets:
+        # a child pipeline needs one job; this one needs no edgeci
+        nothing: dict[str, Any] = {"stage": "compose"}
+        if opts.image:
+            nothing["image"] = opts.image
+        if opts.build_tags:
+            nothing["tags"] = list(opts.build_tags)
+        nothing["script"] = ["echo 'edgeci: no blueprint changed in this range: nothing to build'"]
+        doc["nothing-to-build"] = nothing
+        return doc
+
+    for t in targets:
+        compose = _job_base(opts, t, opts.build_tags, "compose")
+        compose["interruptible"] = True
+        if opts.parent_pipeline_id:
+            # the lint job's records (blueprint + lint sections) come from the parent pipeline
+            compose["needs"] = [{"pipeline": "$PARENT_PIPELINE_ID", "job": opts.lint_job}]
+        else:
+            compose["needs"] = []
+        url = opts.parent_urls.get(t, "")
+        if url:
+            compose["variables"]["EDGECI_PARENT_URL"] = url  # build on top of production
+            compose["script"] = [f'edgeci compose {_ON} --url "$EDGECI_PARENT_URL"']
+        else:
+            compose["script"] = [f"edgeci compose {_ON}"]
+        compose["artifacts"] = _artifacts(opts, t, "compose")
+        doc[t.job("compose")] = compose
+
+        previous = "compose"
+        for stage, command in (("push", f"edgeci push {_ON}"),
+                               ("stage", f"edgeci stage {opts.stage_action} {_ON}"),
+                               ("boot-test", f"edgeci boot-test {_ON}")):
+            job = _job_base(opts, t, opts.build_tags, stage)
+            job["interruptible"] = True
+            job["needs"] = [{"job": t.job(previous), "artifacts": True}]
+            job["script"] = [command]
+            job["artifacts"] = _artifacts(opts, t, stage)
+            doc[t.job(stage)] = job
+            previous = stage
+
+        if opts.mode.promotes:
+            promote = _job_base(opts, t, opts.promote_tags, "promote")
+            promote["needs"] = [{"job": t.job("boot-test"), "artifacts": True}]
+            env: dict[str, str] = {"name": opts.environment, "deployment_tier": "production"}
+            if opts.environment_url:
+                env["url"] = opts.environment_url
+            promote["environment"] = env
+            promote["resource_group"] = opts.resource_group
+            # Manual and blocking: never `rules: changes` (always true on schedules), never automatic.
+            promote["rules"] = [{"when": "manual"}]
+            promote["allow_failure"] = False
+            promote["interruptible"] = False
+            promote["script"] = [f"edgeci gate {_ON}", f"edgeci promote {_ON}"]
+            if opts.stage_action == "serve":
+                # edgeci's stage server is needed until promotion pulled from it: stop it only after a
+                # successful promotion, so a promote refused at the gate can be retried once approved.
+                promote["script"].append(f"edgeci stage stop {_ON}")
+            promote["artifacts"] = _artifacts(opts, t, "promote", "gate", "promote")
+            doc[t.job("promote")] = promote
+
+        if opts.stage_action == "serve" and not opts.mode.promotes:
+            # The stage server edgeci started is not needed once the boot test is over. (In promoting
+            # pipelines the promote job stops it, after pulling from it.)
+            stop = _job_base(opts, t, opts.build_tags, ".post")
+            stop["when"] = "always"
+            stop["dependencies"] = []  # it stops the server by the PID file in stage.dir, no record needed
+            stop["script"] = [f"edgeci stage stop {_ON}"]
+            doc[t.job("stage-stop")] = stop
+
+    if opts.mode is Mode.MERGE_REQUEST:
+        note: dict[str, Any] = {"stage": ".post"}
+        if opts.image:
+            note["image"] = opts.image
+        if opts.build_tags:
+            note["tags"] = list(opts.build_tags)
+        note["when"] = "always"
+        note["needs"] = [{"job": t.job("boot-test"), "artifacts": True} for t in targets]
+        note["variables"] = {
+            "EDGECI_MR_IID": str(opts.mr_iid),
+            "EDGECI_TARGETS": " ".join(f"{t.blueprint}/{t.arch}" for t in targets),
+        }
+        if opts.install:
+            note["before_script"] = [_install_line(opts.install)]
+        note["script"] = ['edgeci gitlab mr-note --iid "$EDGECI_MR_IID" --output reports/mr-summary.md']
+        note["artifacts"] = {"when": "always", "expire_in": opts.expire_in, "paths": ["reports/mr-summary.md"]}
+        doc["mr-note"] = note
+    return doc
+
+
+def render_yaml(doc: Mapping[str, Any], header: str = "") -> str:
+    import yaml
+
+    text = yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=False, width=1000)
+    lines = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return lines + text
+
+
+# ---------------------------------------------------------------------------------------------
+# The API client
+
+
+def import_gitlab() -> Any:
+    try:
+        import gitlab
+    except ImportError:
+        raise EdgeCIError("python-gitlab is not installed",
+                          fix="pip install 'edgeci[gitlab]' (or pip install python-gitlab)") from None
+    return gitlab
+
+
+@dataclass
+class Connection:
+    gl: Any  # gitlab.Gitlab
+    url: str
+    project_ref: str
+
+    def project(self) -> Any:
+        with api_errors(self, f"project '{self.project_ref}'"):
+            return self.gl.projects.get(self.project_ref)
+
+
+def connect(cfg: Config, env: Mapping[str, str] | None = None) -> Connection:
+    """A python-gitlab client for gate.gitlab.url (CI_SERVER_URL) with EDGECI_GITLAB_TOKEN."""
+    env = os.environ if env is None else env
+    gitlab = import_gitlab()
+    url = (cfg.gate.gitlab.url or env.get("CI_SERVER_URL", "")).rstrip("/")
+    project = cfg.gate.gitlab.project or env.get("CI_PROJECT_ID", "")
+    if not url:
+        raise ConfigError("no GitLab URL configured", where="gate.gitlab.url",
+                          fix="set gate.gitlab.url in edgeci.yaml (inside GitLab CI, CI_SERVER_URL is used)")
+    if not project:
+        raise ConfigError("no GitLab project configured", where="gate.gitlab.project",
+                          fix="set gate.gitlab.project to the project path or id (inside GitLab CI, CI_PROJECT_ID)")
+    token = cfg.secret("GITLAB_TOKEN")
+    if not token:
+        raise ConfigError("no GitLab token", where="environment EDGECI_GITLAB_TOKEN",
+                          fix="export EDGECI_GITLAB_TOKEN=<a project or personal access token with the api scope>")
+    gl = gitlab.Gitlab(url, private_token=token, timeout=30)
+    return Connection(gl, url, str(project))
+
+
+@contextmanager
+def api_errors(conn: Connection, what: str) -> Iterator[None]:
+    """Turn python-gitlab and connection errors into one GitLabError line (token masked)."""
+    import requests
+
+    gitlab = import_gitlab()
+    try:
+        yield
+    except gitlab.exceptions.GitlabError as e:
+        code = getattr(e, "response_code", None)
+        message = mask(str(getattr(e, "error_message", "") or e))
+        if code == 401:
+            raise GitLabError(f"GitLab refused the token (401) for {what}", where=conn.url,
+                              fix="check EDGECI_GITLAB_TOKEN: it must be valid and have the api scope") from None
+        if code == 403:
+            raise GitLabError(f"GitLab forbids this for {what} (403: {message})", where=conn.url,
+                              fix="use a token of a user with the Maintainer role on the project") from None
+        if code == 404:
+            raise GitLabError(f"{what} not found (404)", where=conn.url,
+                              fix="check gate.gitlab.project or the name, and that the token's user can see it",
+                              ) from None
+        raise GitLabError(f"GitLab answered {code} for {what}: {message}", where=conn.url) from None
+    except requests.RequestException as e:
+        raise GitLabError(f"cannot reach GitLab for {what}: {type(e).__name__}", where=conn.url,
+                          fix="check gate.gitlab.url and the network") from None
+
+
+@dataclass
+class Change:
+    what: str
+    action: str  # created | updated | deleted | unchanged
+    detail: str = ""
+
+    def line(self) -> str:
+        return f"{self.what}: {self.action}" + (f" ({self.detail})" if self.detail else "")
+
+    @property
+    def wrote(self) -> bool:
+        return self.action != "unchanged"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline schedule
+
+
+@dataclass
+class ScheduleSpec:
+    cron: str
+    ref: str = "main"
+    description: str = "edgeci: monthly rebuild of every blueprint"
+    timezone: str = "UTC"
+    active: bool = True
+    variables: dict[str, str] = field(default_factory=dict)
+    prune_variables: bool = False
+
+
+def _short_ref(ref: str) -> str:
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix):]
+    return ref
+
+
+def validate_cron(cron: str) -> None:
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ConfigError(f"cron expression '{cron}' has {len(fields)} fields, GitLab wants 5",
+                          where="--cron", fix="e.g. '0 3 1 * *' (03:00 on the 1st of every month)")
+
+
+def ensure_schedule(conn: Connection, project: Any, spec: ScheduleSpec) -> list[Change]:
+    """Create or update the schedule named spec.description and its variables; writes only differences."""
+    validate_cron(spec.cron)
+    what = f"schedule '{spec.description}'"
+    with api_errors(conn, "pipeline schedules"):
+        found = [s for s in project.pipelineschedules.list(get_all=True) if s.description == spec.description]
+    if len(found) > 1:
+        ids = ", ".join(f"#{s.id}" for s in found)
+        raise GitLabError(f"{len(found)} pipeline schedules are named '{spec.description}' ({ids})",
+                          where=conn.url, fix="delete the duplicates (Build > Pipeline schedules) and run again")
+    changes: list[Change] = []
+    if not found:
+        with api_errors(conn, what):
+            sched = project.pipelineschedules.create({
+                "description": spec.description, "ref": spec.ref, "cron": spec.cron,
+                "cron_timezone": spec.timezone, "active": spec.active,
+            })
+            changes.append(Change(what, "created", f"#{sched.id}, '{spec.cron}' {spec.timezone} on {spec.ref}"))
+            for key, value in spec.variables.items():
+                sched.variables.create({"key": key, "value": value, "variable_type": "env_var"})
+                changes.append(Change(f"  variable {key}", "created"))
+        return changes
+
+    with api_errors(conn, what):
+        sched = project.pipelineschedules.get(found[0].id)  # the single GET carries the variables
+    attrs = sched.attributes
+    diff: dict[str, Any] = {}
+    if _short_ref(str(attrs.get("ref", ""))) != _short_ref(spec.ref):
+        diff["ref"] = spec.ref
+    if attrs.get("cron") != spec.cron:
+        diff["cron"] = spec.cron
+    if (attrs.get("cron_timezone") or "UTC") != spec.timezone:
+        diff["cron_timezone"] = spec.timezone
+    if bool(attrs.get("active", True)) != spec.active:
+        diff["active"] = spec.active
+    if diff:
+        with api_errors(conn, what):
+            for key, value in diff.items():
+                setattr(sched, key, value)
+            sched.save()  # PUT with the changed attributes only
+        changes.append(Change(what, "updated", ", ".join(sorted(diff))))
+    else:
+        changes.append(Change(what, "unchanged", f"#{sched.id}"))
+
+    current = {v["key"]: v for v in attrs.get("variables") or []}
+    with api_errors(conn, f"variables of {what}"):
+        for key, value in spec.variables.items():
+            cur = current.get(key)
+            if cur is None:
+                sched.variables.create({"key": key, "value": value, "variable_type": "env_var"})
+                changes.append(Change(f"  variable {key}", "created"))
+            elif cur.get("value") != value or cur.get("variable_type", "env_var") != "env_var":
+                sched.variables.update(key, {"key": key, "value": value, "variable_type": "env_var"})
+                changes.append(Change(f"  variable {key}", "updated"))
+            else:
+                changes.append(Change(f"  variable {key}", "unchanged"))
+        for key in sorted(set(current) - set(spec.variables)):
+            if spec.prune_variables:
+                sched.variables.delete(key)
+                changes.append(Change(f"  variable {key}", "deleted"))
+            else:
+                changes.append(Change(f"  variable {key}", "unchanged", "not managed by edgeci; --prune-variables"
+                                                                        " deletes it"))
+    return changes
+
+
+# ---------------------------------------------------------------------------------------------
+# Protected environment
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """Who: one of user_id, group_id, access_level (GitLab's three kinds of rule)."""
+
+    kind: str
+    value: int
+
+    def as_api(self) -> dict[str, int]:
+        return {self.kind: self.value}
+
+    def describe(self) -> str:
+        if self.kind == "access_level":
+            names = {v: k for k, v in ACCESS_LEVELS.items()}
+            return f"{names.get(self.value, self.value)}s"
+        return f"{self.kind.removesuffix('_id')} #{self.value}"
+
+
+def _rule_of(entry: Mapping[str, Any]) -> Rule:
+    # A group or user rule also carries an access_level in GitLab's answers: the id decides.
+    if entry.get("user_id"):
+        return Rule("user_id", int(entry["user_id"]))
+    if entry.get("group_id"):
+        return Rule("group_id", int(entry["group_id"]))
+    return Rule("access_level", int(entry.get("access_level") or 0))
+
+
+@dataclass
+class EnvironmentSpec:
+    name: str = "production"
+    deploy: list[Rule] = field(default_factory=lambda: [Rule("access_level", ACCESS_LEVELS["maintainer"])])
+    approvals: dict[Rule, int] = field(default_factory=dict)  # rule → required approvals
+
+
+def resolve_group(conn: Connection, group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    with api_errors(conn, f"group '{group}'"):
+        return int(conn.gl.groups.get(group).id)
+
+
+def resolve_user(conn: Connection, user: str) -> int:
+    if user.isdigit():
+        return int(user)
+    with api_errors(conn, f"user '{user}'"):
+        found = conn.gl.users.list(username=user, get_all=False)
+    if not found:
+        raise GitLabError(f"user '{user}' not found", where=conn.url, fix="check the username (without @)")
+    return int(found[0].id)
+
+
+def _get_or_none(conn: Connection, what: str, get: Any) -> Any:
+    """get(), or None when GitLab answers 404; other errors as GitLabError."""
+    gitlab = import_gitlab()
+    with api_errors(conn, what):
+        try:
+            return get()
+        except gitlab.exceptions.GitlabGetError as e:
+            if e.response_code == 404:
+                return None
+            raise
+
+
+def ensure_protected_environment(conn: Connection, project: Any, spec: EnvironmentSpec) -> list[Change]:
+    """POST the protected environment if missing, else PUT only the rules that differ."""
+    what = f"protected environment '{spec.name}'"
+    current = _get_or_none(conn, what, lambda: project.protected_environments.get(spec.name))
+    approval_rules = [{**r.as_api(), "required_approvals": n} for r, n in sorted(spec.approvals.items())]
+    if current is None:
+        with api_errors(conn, what):
+            project.protected_environments.create({
+                "name": spec.name,
+                "deploy_access_levels": [r.as_api() for r in sorted(spec.deploy)],
+                "approval_rules": approval_rules,
+            })
+        who = ", ".join(r.describe() for r in sorted(spec.deploy))
+        approvals = "; ".join(f"{n} from {r.describe()}" for r, n in sorted(spec.approvals.items()))
+        return [Change(what, "created", f"deploy: {who}" + (f"; approvals: {approvals}" if approvals else ""))]
+
+    attrs = current.attributes
+    deploy_now = {_rule_of(e): e for e in attrs.get("deploy_access_levels") or []}
+    rules_now = {_rule_of(e): e for e in attrs.get("approval_rules") or []}
+    deploy_changes: list[dict[str, Any]] = []
+    rule_changes: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for r in sorted(set(spec.deploy) - set(deploy_now)):
+        deploy_changes.append(r.as_api())
+        notes.append(f"+deploy {r.describe()}")
+    for r in sorted(set(deploy_now) - set(spec.deploy)):
+        deploy_changes.append({"id": deploy_now[r]["id"], "_destroy": True})
+        notes.append(f"-deploy {r.describe()}")
+    for r, n in sorted(spec.approvals.items()):
+        if r not in rules_now:
+            rule_changes.append({**r.as_api(), "required_approvals": n})
+            notes.append(f"+{n} approvals from {r.describe()}")
+        elif int(rules_now[r].get("required_approvals") or 0) != n:
+            rule_changes.append({"id": rules_now[r]["id"], "required_approvals": n})
+            notes.append(f"{r.describe()} needs {n} approvals")
+    for r in sorted(set(rules_now) - set(spec.approvals)):
+        rule_changes.append({"id": rules_now[r]["id"], "_destroy": True})
+        notes.append(f"-approvals from {r.describe()}")
+    if not deploy_changes and not rule_changes:
+        return [Change(what, "unchanged")]
+    payload: dict[str, Any] = {}
+    if deploy_changes:
+        payload["deploy_access_levels"] = deploy_changes
+    if rule_changes:
+        payload["approval_rules"] = rule_changes
+    path = f"/projects/{quote(str(project.id), safe='')}/protected_environments/{quote(spec.name, safe='')}"
+    with api_errors(conn, what):
+        conn.gl.http_put(path, post_data=payload)  # python-gitlab has no update() for this endpoint
+    return [Change(what, "updated", ", ".join(notes))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Merge-request summary note
+
+
+def _junit_counts(path: Path) -> tuple[int, int, int] | None:
+    """(tests, failed incl. errors, skipped) of a JUnit file, or None if there is none / it is unreadable."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    cases = root.iter("testcase")
+    tests = failed = skipped = 0
+    for case in cases:
+        tests += 1
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed += 1
+        elif case.find("skipped") is not None:
+            skipped += 1
+    return tests, failed, skipped
+
+
+def _fmt_bytes(n: Any) -> str:
+    try:
+        value = float(n)
+    except (TypeError, ValueError):
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"  # pragma: no cover
+
+
+# record section → the JUnit report names its stage may write
+_SUMMARY_STAGES = (("lint", ("lint",)), ("compose", ("compose",)), ("push", ("push",)), ("stage", ("stage",)),
+                   ("boot_test", ("boot-test", "boot_test")))
+
+
+def discover_targets(cfg: Config) -> list[Target]:
+    """Every blueprint × arch that has a record under the build directory."""
+    root = cfg.build_dir
+    return sorted(Target(p.parent.parent.name, p.parent.name) for p in root.glob("*/*/record.json"))
+
+
+def mr_summary(cfg: Config, targets: list[Target], env: Mapping[str, str] | None = None) -> str:
+    """The markdown body of the MR note: one row per blueprint × arch, boot-test detail, pipeline link."""
+    import json
+
+    env = os.environ if env is None else env
+    rows: list[str] = []
+    details: list[str] = []
+    for t in targets:
+        path = cfg.build_dir / t.blueprint / t.arch / "record.json"
+        try:
+            sections = json.loads(path.read_text(encoding="utf-8")).get("sections", {})
+        except (OSError, ValueError):
+            sections = {}
+        bp = sections.get("blueprint", {})
+        commit = str(sections.get("compose", {}).get("commit", ""))[:12]
+        cells = []
+        for section, report_names in _SUMMARY_STAGES:
+            sec = sections.get(section)
+            counts = None
+            for name in report_names:
+                counts = _junit_counts(cfg.reports_dir / f"{name}-{t.blueprint}-{t.arch}.xml")
+                if counts:
+                    break
+            if sec is None:
+                cells.append("— not run")
+                continue
+            status = sec.get("status", "?")
+            cell = "✅ passed" if status == "passed" else f"❌ {status}"
+            if counts and counts[0]:
+                tests, failed, _ = counts
+                cell += f" ({tests - failed}/{tests})" if failed else f" ({tests})"
+            cells.append(cell)
+        version = bp.get("version", "?")
+        rows.append(f"| {t.blueprint} | {t.arch} | {version} | `{commit or '—'}` | " + " | ".join(cells) + " |")
+        bt = sections.get("boot_test")
+        if bt:
+            parts, failing = [], []
+            for scenario, result in (bt.get("scenarios") or {}).items():
+                outcome = result.get("outcome", "?")
+                mark = {"passed": "✅", "failed": "❌", "error": "❌", "skipped": "➖"}.get(outcome, "•")
+                reason = f" ({result['reason']})" if result.get("reason") and outcome != "passed" else ""
+                parts.append(f"{scenario} {mark}{reason}")
+                for check in result.get("checks") or []:
+                    if check.get("outcome") not in ("passed", "skipped"):
+                        failing.append(f"- {scenario}: check `{check.get('name')}` {check.get('outcome')}")
+            delta = ""
+            if bt.get("delta_bytes") is not None and bt.get("full_bytes"):
+                delta = f" · update delta {_fmt_bytes(bt['delta_bytes'])} of {_fmt_bytes(bt['full_bytes'])}"
+            details.append(f"**{t.blueprint}/{t.arch}** boot test ({bt.get('backend', '?')}): "
+                           + (", ".join(parts) or "no scenarios") + delta)
+            details.extend(failing)
+
+    head = [
+        MR_NOTE_MARKER,
+        "### edgeci: candidates built from this merge request",
+        "",
+        "| Blueprint | Arch | Version | Commit | Lint | Compose | Push | Stage | Boot test |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if not rows:
+        rows = ["| — | — | — | — | no blueprint changed | | | | |"]
+    foot = [""]
+    pipeline_url = env.get("CI_PIPELINE_URL", "")
+    sha = env.get("CI_COMMIT_SHORT_SHA", "") or env.get("CI_COMMIT_SHA", "")[:8]
+    if pipeline_url or sha:
+        foot.append(f"Pipeline {pipeline_url or '(local)'}" + (f" at `{sha}`" if sha else "")
+                    + ". Production is promoted after merge, through the gated `promote` job.")
+    foot.append("<sub>edgeci updates this note on every pipeline of the merge request.</sub>")
+    body = "\n".join([*head, *rows, "", *details, *foot]).strip() + "\n"
+    return mask(body)
+
+
+def upsert_mr_note(conn: Connection, project: Any, iid: int, body: str) -> Change:
+    """Post the summary note, or update the one carrying MR_NOTE_MARKER; no write when it is unchanged."""
+    if MR_NOTE_MARKER not in body:
+        raise ValueError("the note body must carry MR_NOTE_MARKER")
+    what = f"summary note on merge request !{iid}"
+    with api_errors(conn, "the token's user"):
+        conn.gl.auth()  # GET /user: only a note this user wrote is ours (others may quote the marker)
+        me = int(conn.gl.user.id)
+    with api_errors(conn, f"merge request !{iid}"):
+        mr = project.mergerequests.get(iid, lazy=True)
+        notes = mr.notes.list(get_all=True, sort="asc", order_by="created_at")
+    ours = [n for n in notes if MR_NOTE_MARKER in (n.body or "") and not getattr(n, "system", False)
+            and int((getattr(n, "author", None) or {}).get("id", -1)) == me]
+    with api_errors(conn, what):
+        if not ours:
+            note = mr.notes.create({"body": body})
+            return Change(what, "created", f"note #{note.id}")
+        note = ours[0]
+        if (note.body or "").strip() == body.strip():
+            return Change(what, "unchanged", f"note #{note.id}")
+        note.body = body
+        note.save()
+        return Change(what, "updated", f"note #{note.id}")
