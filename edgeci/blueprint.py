@@ -540,6 +540,24 @@ def compare_versions(a: str, b: str) -> int:
     return (ka > kb) - (ka < kb)
 
 
+def with_version(bp: Blueprint, version: str) -> Blueprint:
+    """The blueprint with its top-level `version` replaced (text and data), for a scheduled rebuild."""
+    import dataclasses
+
+    pattern = re.compile(r'^(version\s*=\s*)(["\'])[^"\'\n]*\2', re.M)
+    header = re.search(r"^\s*\[", bp.text, re.M)  # only the top-level table, before the first header
+    top_end = header.start() if header else len(bp.text)
+    m = pattern.search(bp.text, 0, top_end)
+    if m is None:
+        raise BlueprintError("the blueprint has no top-level version line to bump", where=str(bp.path),
+                             fix='add version = "1.0.0"')
+    text = f"{bp.text[:m.start()]}{m.group(1)}\"{version}\"{bp.text[m.end():]}"
+    data = parse(text, bp.path)
+    if data.get("version") != version:
+        raise BlueprintError(f"could not set the version to {version}", where=str(bp.path))
+    return dataclasses.replace(bp, version=version, text=text, data=data)
+
+
 def next_patch(version: str) -> str:
     p = parse_semver(version)
     return f"{p[0]}.{p[1]}.{p[2] + 1}" if p and not p[3] else (f"{p[0]}.{p[1]}.{p[2]}" if p else "1.0.0")
@@ -572,6 +590,7 @@ class _Linter:
         self.cfg = cfg
         self.lines = key_lines(bp.text)
         self.findings: list[Finding] = []
+        self.rebuild = False
         self.config_name = bp.path.stem if bp.path.name.endswith(".toml") else (bp.name or bp.path.stem)
 
     def line_of(self, path: KeyPath) -> int:
@@ -805,6 +824,8 @@ class _Linter:
             self.add("production-version", ("version",),
                      f"production version '{prod}' is not semver; cannot compare", WARNING)
             return
+        if self.rebuild and compare_versions(current, prod) == 0:
+            return  # a scheduled rebuild of what production runs: compose --rebuild bumps the patch
         if compare_versions(current, prod) <= 0:
             self.add("production-version", ("version",),
                      f"version {current} is not higher than production's {prod}; production versions only go up "
@@ -843,13 +864,16 @@ def lint_blueprint(
     *,
     base_text: str | None = None,
     production_version: str | None = None,
+    rebuild: bool = False,
 ) -> list[Finding]:
     """Every finding for a parsed blueprint, sorted by line. Never raises for bad content.
 
     base_text: the TOML at the base revision (git show BASE:path), None when there is none (new blueprint
     or no base given). production_version: overrides cfg.lint.production_versions for this blueprint.
+    rebuild: a scheduled rebuild, where a version equal to production's is fine (compose bumps it).
     """
     lint = _Linter(bp, cfg)
+    lint.rebuild = rebuild
     lint.schema(bp.data, BLUEPRINT_SCHEMA, ())
     lint.name()
     lint.version()
@@ -939,6 +963,7 @@ def lint_file(
     base_text: str | None = None,
     base_given: bool = False,
     production_version: str | None = None,
+    rebuild: bool = False,
 ) -> LintResult:
     """Lint one blueprint file. A syntax error is a finding; an unreadable file is a BlueprintError."""
     p = Path(path)
@@ -958,7 +983,8 @@ def lint_file(
         if bad is None:
             raise
         return LintResult(p, p.stem, sha, None, [bad], not_applicable(None, cfg))
-    findings = lint_blueprint(bp, cfg, base_text=base_text, production_version=production_version)
+    findings = lint_blueprint(bp, cfg, base_text=base_text, production_version=production_version,
+                              rebuild=rebuild)
     skipped = not_applicable(bp, cfg, base_text=base_text, base_given=base_given,
                              production_version=production_version)
     return LintResult(p, p.stem, sha, bp, findings, skipped)

@@ -123,7 +123,8 @@ class QemuGuest(SysrootGuest):
         out = self.work_dir / "qemu.out"
         serial.unlink(missing_ok=True)
         qemu_tool.make_ext4_image(disk, self.sysroot)
-        spec = qemu_tool.VMSpec(kernel=kernel if kvm else self._uncompressed(kernel), initrd=initrd, cmdline=qemu_tool.kernel_cmdline(entry.options),
+        boot_kernel = kernel if kvm else self._uncompressed(kernel)
+        spec = qemu_tool.VMSpec(kernel=boot_kernel, initrd=initrd, cmdline=qemu_tool.kernel_cmdline(entry.options),
                                 disk=disk, serial_log=serial, memory_mb=self.memory_mb, kvm=kvm)
         started = time.monotonic()
         error = ""

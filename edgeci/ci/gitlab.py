@@ -206,11 +206,13 @@ def child_pipeline(targets: list[Target], opts: ChildOptions) -> dict[str, Any]:
         else:
             compose["needs"] = []
         url = opts.parent_urls.get(t, "")
+        # monthly: an unchanged blueprint is composed as production's next patch version
+        rebuild = " --rebuild" if opts.mode is Mode.SCHEDULE else ""
         if url:
             compose["variables"]["EDGECI_PARENT_URL"] = url  # build on top of production
-            compose["script"] = [f'edgeci compose {_ON} --url "$EDGECI_PARENT_URL"']
+            compose["script"] = [f'edgeci compose {_ON} --url "$EDGECI_PARENT_URL"{rebuild}']
         else:
-            compose["script"] = [f"edgeci compose {_ON}"]
+            compose["script"] = [f"edgeci compose {_ON}{rebuild}"]
         compose["artifacts"] = _artifacts(opts, t, "compose")
         doc[t.job("compose")] = compose
 

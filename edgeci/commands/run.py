@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, help="only this architecture")
     p.add_argument("--resume", action="store_true",
                    help="continue each blueprint from its first stage that has not passed (after an approval)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="scheduled rebuild on top of production: an unchanged blueprint is composed as "
+                        "production's next patch version")
     p.add_argument("--until", choices=[s for s, _ in STAGES], default=None,
                    help="stop after this stage (e.g. boot-test for merge-request pipelines)")
 
@@ -68,13 +71,14 @@ def _production_url(cfg: Config, name: str, arch: str) -> str:
     return ""
 
 
-def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str]) -> list[str]:
+def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str], rebuild: bool) -> list[str]:
+    extra = ["--rebuild"] if rebuild else []
     if stage == "lint":
         from edgeci.stages.common import blueprint_path
 
-        return [*config_args, "lint", str(blueprint_path(cfg, name))]
+        return [*config_args, "lint", str(blueprint_path(cfg, name)), *extra]
     if stage == "compose":
-        argv = [*config_args, "compose", name, "--arch", arch]
+        argv = [*config_args, "compose", name, "--arch", arch, *extra]
         url = _production_url(cfg, name, arch)
         return [*argv, "--url", url] if url else argv
     if stage == "stage":
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 stage, _ = STAGES[i]
                 t0 = time.monotonic()
                 say(f"==> {stage} {name}/{arch}")
-                code = main(_argv(stage, cfg, name, arch, config_args))
+                code = main(_argv(stage, cfg, name, arch, config_args, args.rebuild))
                 took = time.monotonic() - t0
                 verdict = "passed" if code == 0 else ("failed" if code == 1 else "error")
                 if stage == "gate" and code == 1:

@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("local", "weldr", "cloud"), default=None,
                    help="composer backend (default: composer.backend)")
     p.add_argument("--socket", default=None, metavar="PATH", help="weldr API socket (default: composer.socket)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="scheduled rebuild: when the blueprint's version is not above production's, compose it as "
+                        "production's next patch version (1.2.3 -> 1.2.4) so package updates ship; git is unchanged")
 
 
 def _display(cfg: Config, path: Path) -> str:
@@ -54,6 +57,23 @@ def _lint(bp: Blueprint, cfg: Config) -> None:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise BlueprintError(f"blueprint fails lint: {first.message}{more}", where=first.where,
                              fix=f"run edgeci lint {bp.path}")
+
+
+def _rebuild_version(bp: Blueprint, cfg: Config, ref: str) -> Blueprint:
+    """For a scheduled rebuild: production's next patch version when the blueprint's is not above it.
+
+    Production only takes higher versions (the gate's anti-rollback rule), and Image Builder itself bumps
+    the patch of an unchanged blueprint; edgeci does it explicitly and records what it did."""
+    from edgeci.blueprint import compare_versions, next_patch, with_version
+    from edgeci.promote import ProdSettings, read_production
+    from edgeci.ui import say
+
+    prod = read_production(ProdSettings.from_config(cfg), ref).production.version
+    if not prod or compare_versions(bp.version, prod) > 0:
+        return bp
+    version = next_patch(prod)
+    say(f"compose: scheduled rebuild of {bp.name} {bp.version} on top of production {prod}: composing as {version}")
+    return with_version(bp, version)
 
 
 def _ensure_writable(directory: Path) -> None:
@@ -108,8 +128,14 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     rec_path = record_file(cfg, name, arch)
     rec = BuildRecord.load_or_new(rec_path)
     git_sha = git.head_sha(path.resolve())
+    ref = args.ref or cfg.ref(name, arch)
+    written_version = bp.version
+    if args.rebuild:
+        bp = _rebuild_version(bp, cfg, ref)
     bp_section: dict[str, Any] = {"name": bp.name, "version": bp.version, "path": _display(cfg, path),
                                   "git_sha": git_sha, "sha256": bp.sha256}
+    if bp.version != written_version:
+        bp_section["rebuild_of"] = written_version
     old = rec.get("blueprint")
     if not old or any(old.get(k) != v for k, v in bp_section.items()) or old.get("status") != "passed":
         rec.set("blueprint", bp_section)  # a changed blueprint: the later sections described another one
@@ -118,7 +144,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     image_type = args.type or cfg.image_type(name)
     request = ComposeRequest(
         blueprint_name=bp.name, blueprint_toml=bp.text, image_type=image_type,
-        ref=args.ref or cfg.ref(name, arch), parent=args.parent or "", url=args.url or "", arch=arch,
+        ref=ref, parent=args.parent or "", url=args.url or "", arch=arch,
         distro=cfg.distro(name), size=cfg.composer.size, git_sha=git_sha, checks_yaml=checks_text,
         blueprint_version=bp.version,
     )

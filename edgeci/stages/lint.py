@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", metavar="REV", default=None,
                    help="git revision to compare with: a changed blueprint must raise its version")
     p.add_argument("--json", action="store_true", help="print the findings as JSON instead of lines")
+    p.add_argument("--rebuild", action="store_true",
+                   help="scheduled rebuild: a version equal to production's passes (compose --rebuild bumps it)")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         if prod and configured:  # both known: the higher one is what production must exceed
             prod = _max_version(configured, prod)
         results.append(lint_file(f, cfg, base_text=base_text, base_given=base is not None,
-                                 production_version=prod))
+                                 production_version=prod, rebuild=args.rebuild))
 
     for r in results:
         _write_outputs(cfg, r)

@@ -324,7 +324,12 @@ def test_push_builds_the_changed_blueprints_and_the_timer_build_rebuilds_all(gro
         assert [e["args"] for e in _events(run, "currentBuild.getBuildCauses")] == [[cause]]
         plan = [e["args"][0] for e in _events(run, "sh", "Plan")]
         assert plan == [f"[returnStdout: true, script: python3 -m edgeci jenkins targets {args}]"]
-    assert "python3 -m edgeci lint" in [e["args"][0] for e in _events(groovy_run["timer"], "sh", "Lint")]
+    # the monthly rebuild may keep production's version: lint accepts it, compose bumps the patch
+    assert "python3 -m edgeci lint --rebuild" in [e["args"][0] for e in _events(groovy_run["timer"], "sh", "Lint")]
+    pushed = [e["args"][0] for e in _events(groovy_run["push"], "sh", "Lint")]
+    assert f"python3 -m edgeci lint --base {'a' * 40}" in pushed
+    composes = [e["args"][0] for e in _events(groovy_run["timer"], "sh", "Compose")]
+    assert composes and all(c.endswith(" --rebuild") for c in composes), composes
 
 
 @pytest.mark.parametrize("stage", ["Approve", "Promote"])

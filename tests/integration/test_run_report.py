@@ -159,3 +159,23 @@ def test_report_opens_in_chromium_with_history_timeline_and_delta(released: dict
     assert "<svg" in dom and "delta" in dom
     assert "approved" in dom and "alex" in dom
     assert "<script" not in dom.lower()
+
+
+def test_monthly_rebuild_of_an_unchanged_blueprint_ships_as_the_next_patch(released: dict) -> None:
+    """Runs last: it leaves a third candidate (1.0.2) waiting at the gate."""
+    project = released["project"]
+    prod_commit = released["record"]["promote"]["checksum"]
+    plain = edgeci_cli([*FAST, "run", "gateway"], cwd=project)
+    assert plain.returncode == 1
+    assert "production-version" in plain.stdout and "==> compose" not in plain.stdout  # 1.0.1 is already out
+    r = edgeci_cli([*FAST, "run", "gateway", "--rebuild"], cwd=project)
+    assert r.returncode == 1, r.stdout + r.stderr  # at the gate, as every candidate
+    assert "composing as 1.0.2" in r.stdout
+    rec = _record(project)
+    assert rec["blueprint"]["version"] == "1.0.2" and rec["blueprint"]["rebuild_of"] == "1.0.1"
+    assert rec["compose"]["parent"] == prod_commit
+    assert ostree.metadata(project / "build/stage/gateway/usr/share/nginx/html/repo", rec["compose"]["commit"],
+                           "version") == "1.0.2"
+    assert "1.0.2 > production's 1.0.1" in " ".join(x["reason"] for x in rec["gate"]["rules"])
+    # git is untouched: the blueprint still says 1.0.1
+    assert 'version = "1.0.1"' in (project / "blueprints/gateway.toml").read_text()

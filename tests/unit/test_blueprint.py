@@ -742,3 +742,28 @@ def test_fuzzed_documents_end_in_findings_with_location_or_edgeci_error(doc: byt
         assert f.rule in RULES and f.severity in ("error", "warning") and f.message
     if result.blueprint is not None:
         assert lint_blueprint(result.blueprint, cfg) is not None
+
+
+def test_with_version_rewrites_only_the_top_level_version(tmp_path: Path) -> None:
+    from edgeci.blueprint import load, with_version
+
+    p = tmp_path / "gw.toml"
+    p.write_text('name = "gw"\nversion = "1.0.1"\n\n[[packages]]\nname = "x"\nversion = "2.0.0"\n')
+    bp = with_version(load(p), "1.0.2")
+    assert bp.version == "1.0.2" and bp.data["version"] == "1.0.2"
+    assert bp.data["packages"][0]["version"] == "2.0.0"
+    assert bp.sha256 == load(p).sha256  # the record keeps the hash of the file in git
+
+
+def test_rebuild_accepts_production_version_but_not_an_older_one(tmp_path: Path) -> None:
+    from edgeci.blueprint import lint_blueprint, load
+    from edgeci.config import load_config
+
+    p = tmp_path / "gw.toml"
+    p.write_text('name = "gw"\nversion = "1.0.1"\n')
+    cfg = load_config(None, env={}, root=tmp_path)
+    bp = load(p)
+    rules = lambda fs: [f.rule for f in fs if f.severity == "error"]  # noqa: E731
+    assert rules(lint_blueprint(bp, cfg, production_version="1.0.1")) == ["production-version"]
+    assert rules(lint_blueprint(bp, cfg, production_version="1.0.1", rebuild=True)) == []
+    assert rules(lint_blueprint(bp, cfg, production_version="1.0.2", rebuild=True)) == ["production-version"]

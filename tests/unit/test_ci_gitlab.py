@@ -145,8 +145,13 @@ def test_compose_builds_on_top_of_production_when_there_is_one(tmp_path: Path) -
     doc = child_pipeline(TARGETS, opts)
     gateway, kiosk = doc["compose:gateway:x86_64"], doc["compose:kiosk:aarch64"]
     assert gateway["variables"]["EDGECI_PARENT_URL"] == "https://ostree.example.com/repo"
-    assert gateway["script"] == ['edgeci compose "$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH" --url "$EDGECI_PARENT_URL"']
-    assert kiosk["script"] == ['edgeci compose "$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH"']
+    # the monthly rebuild composes an unchanged blueprint as production's next patch version
+    assert gateway["script"] == [
+        'edgeci compose "$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH" --url "$EDGECI_PARENT_URL" --rebuild']
+    assert kiosk["script"] == ['edgeci compose "$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH" --rebuild']
+    pushed = child_pipeline(TARGETS, ChildOptions(mode=Mode.DEFAULT_BRANCH, parent_urls=opts.parent_urls))
+    assert pushed["compose:gateway:x86_64"]["script"] == [
+        'edgeci compose "$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH" --url "$EDGECI_PARENT_URL"']
 
 
 def test_nothing_changed_is_still_a_valid_pipeline() -> None:

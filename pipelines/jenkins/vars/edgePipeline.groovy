@@ -62,6 +62,8 @@ def call(Map config = [:]) {
                                 String base = env.GIT_PREVIOUS_SUCCESSFUL_COMMIT ?: ''
                                 boolean all = !timer.isEmpty() || params.REBUILD_ALL || !(base ==~ /[0-9a-f]{40}/)
                                 env.EDGECI_BASE = all ? '' : base
+                                // the monthly rebuild may keep production's version: compose bumps its patch
+                                env.EDGECI_REBUILD = all ? ' --rebuild' : ''
                                 String out = sh(returnStdout: true,
                                                 script: "${cfg.edgeci} jenkins targets " + (all ? '--all' : "--base ${base}"))
                                 targets.addAll(parseTargets(out))
@@ -75,7 +77,7 @@ def call(Map config = [:]) {
                     stage('Lint') {
                         when { expression { return !targets.isEmpty() } }
                         steps {
-                            sh "${cfg.edgeci} lint" + (env.EDGECI_BASE ? " --base ${env.EDGECI_BASE}" : '')
+                            sh "${cfg.edgeci} lint" + (env.EDGECI_BASE ? " --base ${env.EDGECI_BASE}" : env.EDGECI_REBUILD)
                         }
                         post { always { junit(allowEmptyResults: true, testResults: 'reports/lint-*.xml') } }
                     }
@@ -86,7 +88,7 @@ def call(Map config = [:]) {
                                 // on top of production (its ref tip), so candidates are updates of what runs
                                 eachTarget(targets) { t ->
                                     sh "${cfg.edgeci} compose ${t.blueprint} --arch ${t.arch}" +
-                                       (t.parentUrl ? " --url '${t.parentUrl}'" : '')
+                                       (t.parentUrl ? " --url '${t.parentUrl}'" : '') + env.EDGECI_REBUILD
                                 }
                             }
                         }
