@@ -621,7 +621,8 @@ class StageServer:
             from edgeci.record import atomic_write_text
 
             atomic_write_text(self.pid_file, json.dumps(
-                {"pid": self.pid, "url": self.url, "dir": str(self.directory)}, indent=2) + "\n")
+                {"pid": self.pid, "url": self.url, "dir": str(self.directory),
+                 "state_dir": str(self.pid_file.parent.resolve())}, indent=2) + "\n")
         return self
 
     def _cleanup_tmp(self) -> None:
@@ -675,6 +676,11 @@ def server_info(state_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         info = json.loads(pf.read_text())
         pid, directory = int(info["pid"]), str(info["dir"])
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # A pid file copied along with a project (cp -a, CI artifacts on a shared runner) names the server of
+    # another stage directory that still exists: not ours to report or stop.
+    owner = info.get("state_dir")
+    if owner and Path(owner).is_dir() and Path(owner).resolve() != Path(state_dir).resolve():
         return None
     return info if _is_stage_server(pid, directory) else None
 
