@@ -126,19 +126,6 @@ class ChildOptions:
         )
 
 
-def production_url(cfg: Config, blueprint: str, arch: str) -> str:
-    """Where compose takes the parent from, so candidates build on top of production: prod.url, else the
-    local production repo when it already has the blueprint's ref; '' for a first release."""
-    from edgeci.tools import ostree
-
-    if cfg.prod.url:
-        return cfg.prod.url
-    repo = cfg.path(cfg.prod.repo)
-    if (repo / "config").is_file() and ostree.rev_parse(repo, cfg.ref(blueprint, arch)):
-        return repo.resolve().as_uri()
-    return ""
-
-
 def targets_for(cfg: Config, blueprints: list[str]) -> list[Target]:
     """One target per blueprint × configured arch, sorted."""
     return sorted(Target(bp, arch) for bp in blueprints for arch in cfg.arches(bp))

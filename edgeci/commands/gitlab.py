@@ -96,12 +96,12 @@ def _child_pipeline(args: argparse.Namespace, cfg: Config) -> int:
         ChildOptions,
         Mode,
         child_pipeline,
-        production_url,
         render_yaml,
         split_tags,
         targets_for,
     )
     from edgeci.record import atomic_write_text
+    from edgeci.stages.common import production_url
     from edgeci.ui import say, warn
 
     opts = ChildOptions.from_env(cfg, os.environ)

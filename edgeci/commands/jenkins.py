@@ -105,7 +105,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _targets(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.changes import changed
-    from edgeci.ci.gitlab import ZERO_SHA, production_url, targets_for
+    from edgeci.ci.gitlab import ZERO_SHA, targets_for
+    from edgeci.stages.common import production_url
     from edgeci.ui import say, warn
 
     base = (args.base or "").strip()

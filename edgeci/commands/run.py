@@ -59,18 +59,6 @@ def _first_pending(record: BuildRecord | None) -> int:
     return len(STAGES)
 
 
-def _production_url(cfg: Config, name: str, arch: str) -> str:
-    """Where the composer takes the parent from: the production repo, when it has the ref."""
-    from edgeci.tools import ostree
-
-    if cfg.prod.url:
-        return cfg.prod.url
-    repo = cfg.path(cfg.prod.repo)
-    if (repo / "config").is_file() and ostree.rev_parse(repo, cfg.ref(name, arch)):
-        return repo.resolve().as_uri()
-    return ""
-
-
 def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str], rebuild: bool) -> list[str]:
     extra = ["--rebuild"] if rebuild else []
     if stage == "lint":
@@ -79,7 +67,9 @@ def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str],
         return [*config_args, "lint", str(blueprint_path(cfg, name)), *extra]
     if stage == "compose":
         argv = [*config_args, "compose", name, "--arch", arch, *extra]
-        url = _production_url(cfg, name, arch)
+        from edgeci.stages.common import production_url
+
+        url = production_url(cfg, name, arch)
         return [*argv, "--url", url] if url else argv
     if stage == "stage":
         return [*config_args, "stage", cfg.stage.mode, name, "--arch", arch]

@@ -57,3 +57,16 @@ def work_dir(cfg: Config, name: str, arch: str) -> Path:
     d = cfg.build_dir / name / arch
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def production_url(cfg: Config, blueprint: str, arch: str) -> str:
+    """Where compose takes the parent from, so candidates build on top of production: prod.url, else the
+    local production repo when it already has the blueprint's ref; '' for a first release."""
+    from edgeci.tools import ostree
+
+    if cfg.prod.url:
+        return cfg.prod.url
+    repo = cfg.path(cfg.prod.repo)
+    if (repo / "config").is_file() and ostree.rev_parse(repo, cfg.ref(blueprint, arch)):
+        return repo.resolve().as_uri()
+    return ""

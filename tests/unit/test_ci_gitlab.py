@@ -19,11 +19,11 @@ from edgeci.ci.gitlab import (
     child_pipeline,
     detect_mode,
     mr_summary,
-    production_url,
     render_yaml,
 )
 from edgeci.cli import main
 from edgeci.config import load_config
+from edgeci.stages.common import production_url
 from edgeci.tools import ostree
 from tests.fixtures.composed import edgeci_cli
 from tests.fixtures.gitlab_server import GITLAB_TOKEN, FakeGitLab
