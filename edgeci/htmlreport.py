@@ -69,14 +69,9 @@ def _esc(value: object) -> str:
 
 
 def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+    from edgeci.fmt import human_bytes
+
+    return "n/a" if n is None else human_bytes(n)
 
 
 def _delta_chart(delta: int | None, full: int | None) -> str:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeci.fmt import human_bytes
+
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
 # The greenboot script the rollback scenario writes into the candidate deployment's /etc (TESTOS.md).
@@ -333,15 +335,6 @@ def parse_pull_output(text: str) -> PullStats:
     if stats.bytes is None and not text.strip():
         stats.bytes = 0  # ostree prints nothing when every object is already there
     return stats
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 # -- BLS entries (edgeci as the bootloader) ---------------------------------------------------------
