@@ -98,6 +98,7 @@ class ProdConfig:
     delta_args: list[str] = field(default_factory=list)  # e.g. ["--max-bsdiff-size=128"]
     lock_timeout: float = 600.0
     fsck: str = "changed"  # promote verifies: changed (objects that differ from production) | full (whole commit)
+    source: str = "stage"  # promote pulls from: stage (the stage repo URL) | image (the pushed image, by digest)
 
 
 @dataclass
@@ -474,6 +475,7 @@ def _validate(cfg: Config, ctx: _Ctx) -> None:
     _choice(cfg.boot_test.kvm, ("auto", "on", "off"), ("boot_test", "kvm"), ctx)
     _choice(cfg.gate.source, ("local", "gitlab", "jenkins"), ("gate", "source"), ctx)
     _choice(cfg.prod.fsck, ("changed", "full"), ("prod", "fsck"), ctx)
+    _choice(cfg.prod.source, ("stage", "image"), ("prod", "source"), ctx)
     _choice(cfg.project.image_type, IMAGE_TYPES, ("project", "image_type"), ctx)
     for name, bp in cfg.blueprints.items():
         if bp.image_type:

@@ -289,10 +289,14 @@ def pull(
     return cli(repo, *args, timeout=timeout)
 
 
-def pull_local(repo: PathLike, src_repo: PathLike, refs_: Sequence[str], *, depth: int = 0) -> None:
+def pull_local(repo: PathLike, src_repo: PathLike, refs_: Sequence[str], *, depth: int = 0,
+               untrusted: bool = False) -> None:
+    """`untrusted`: verify every object's checksum (pull-local trusts local sources by default)."""
     args = ["pull-local"]
     if depth:
         args.append(f"--depth={depth}")
+    if untrusted:
+        args.append("--untrusted")
     cli(repo, *args, os.fspath(src_repo), *refs_)
 
 
@@ -546,13 +550,27 @@ def walk(tree, meta, otree, ometa):
 ot, om = root(old) if old else (None, None)
 nt, nm = root(new)
 walk(nt, nm, ot, om)
-seen = set()
-for kind, csum in todo:
-    if (kind, csum) in seen:
-        continue
-    seen.add((kind, csum))
-    repo.fsck_object(kind, csum, None)
-print(len(seen))
+objects = list(dict.fromkeys(todo))
+errors = []
+
+def check(chunk):
+    # PyGObject releases the GIL inside libostree: checksumming runs on every core
+    try:
+        for kind, csum in chunk:
+            repo.fsck_object(kind, csum, None)
+    except Exception as e:
+        errors.append(str(e))
+
+import os, threading
+n = max(1, min(4, os.cpu_count() or 1))
+threads = [threading.Thread(target=check, args=(objects[i::n],)) for i in range(n)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+if errors:
+    sys.exit(errors[0])
+print(len(objects))
 """
 
 

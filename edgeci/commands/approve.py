@@ -1,0 +1,56 @@
+"""`edgeci approve BLUEPRINT --as NAME`: a local approval bound to the candidate's commit checksum.
+
+The approval is a file under build/<bp>/<arch>/approvals/<checksum>/; `edgeci gate` counts it only for
+that checksum and never when NAME is one of the change's authors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from edgeci.config import Config
+
+HELP = "approve the candidate's exact commit checksum for production (local approvals)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgeci.stages.common import add_target_args
+
+    add_target_args(p)
+    p.add_argument("--as", dest="approver", metavar="NAME", default=None,
+                   help="who approves (default $EDGECI_APPROVER)")
+    p.add_argument("--comment", default="", help="why (kept with the approval)")
+    p.add_argument("--checksum", default=None,
+                   help="the checksum you reviewed; refused when the record's candidate is another one")
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci.errors import GateError
+    from edgeci.gate import local, policy
+    from edgeci.stages.common import load_record, target, work_dir
+    from edgeci.stages.gate import blueprint_file
+    from edgeci.ui import say, warn
+
+    name, arch = target(cfg, args)
+    approver = (args.approver or os.environ.get("EDGECI_APPROVER", "")).strip()
+    if not approver:
+        raise GateError("who approves is not given", fix="pass --as NAME (or set EDGECI_APPROVER)")
+    rec = load_record(cfg, name, arch)
+    checksum = rec.checksum
+    if args.checksum and not policy.names_checksum(args.checksum, checksum):
+        raise GateError(f"you reviewed {args.checksum}, but the candidate of {name} {arch} is now {checksum}",
+                        where=str(rec.path), fix="review the new candidate (edgeci gate) and approve its checksum")
+    work = work_dir(cfg, name, arch)
+    path = local.write_approval(work, checksum, approver, comment=args.comment)
+    evidence = local.collect(work, blueprint_file(cfg, name, rec.get("blueprint")))
+    me = policy.Approval(approver, checksum)
+    who = policy.author_of(me, evidence.people)
+    if who is not None:
+        warn(f"{approver} is the {who.label()}: the gate will not count this approval")
+    mine = sorted({a.user for a in evidence.approvals if a.checksum == checksum})
+    version = (rec.get("blueprint") or {}).get("version", "?")
+    say(f"{approver} approved {checksum} ({name} {version} {arch})")
+    say(f"approvals of this checksum: {', '.join(mine)} ({len(mine)} of {cfg.gate.approvals_required} required)")
+    say(f"stored in {path}")
+    return 0

@@ -1,0 +1,770 @@
+"""Pinned promotion to the production ostree repo, rollback by a new commit, and the releases log.
+
+Under an exclusive lock on the repo: gate check, `pull --mirror --depth=1 edgeci-stage CHECKSUM` (a pull by
+checksum moves no ref; or `pull-local --untrusted` from the pushed image, by digest), verify, sign, static
+deltas, only then the ref, summary, releases log, prune.
+A kill at any moment leaves the ref at the old or the new commit; running again converges.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edgeci.errors import PromotionError, PromotionRefused, ToolError
+from edgeci.gate import policy
+from edgeci.record import atomic_write_text, now_iso
+from edgeci.tools import ostree
+
+LOCK_NAME = ".edgeci-lock"
+RELEASES_NAME = "releases.json"
+STAGE_REMOTE = "edgeci-stage"
+# Releases within retention are pinned by refs under this remote name: `ostree prune --refs-only`
+# honours them and `summary -u` does not publish them (refs/remotes/ are not in the summary).
+KEEP_REMOTE = "edgeci-keep"
+SCRATCH_PREFIX = ".edgeci-image-"  # next to the repo (same filesystem), removed by the next run if killed
+STEPS = ("gate", "pull", "verify", "sign", "deltas", "ref", "summary", "log", "prune")
+ROLLBACK_STEPS = ("commit", "sign", "deltas", "ref", "summary", "log", "prune")
+
+# (step, phase "begin" | "end", detail) — the stage glue prints and the kill tests pause on it.
+StepCallback = Callable[[str, str, str], None]
+# (image reference by digest, scratch directory) -> the ostree repo extracted from that exact image.
+ImageFetcher = Callable[[str, Path], Path]
+
+
+@dataclass
+class ProdSettings:
+    repo: Path
+    url: str = ""
+    gpg_key: str = ""
+    gpg_homedir: str = ""
+    ed25519_key: str = ""
+    delta_from_releases: int = 3
+    delta_args: list[str] = field(default_factory=list)
+    retention: int = 10
+    lock_timeout: float = 600.0
+    fsck: str = "changed"  # changed (objects that differ from production) | full (every object of the commit)
+    source: str = "stage"  # stage (pull from the stage repo URL) | image (the pushed image, by digest)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ProdSettings:
+        p = cfg.prod
+        return cls(
+            repo=cfg.path(p.repo),
+            url=p.url,
+            gpg_key=p.gpg_key,
+            gpg_homedir=str(cfg.path(p.gpg_homedir)) if p.gpg_homedir else "",
+            ed25519_key=str(cfg.path(p.sign_ed25519_key)) if p.sign_ed25519_key else "",
+            delta_from_releases=p.delta_from_releases,
+            delta_args=list(p.delta_args),
+            retention=p.retention,
+            lock_timeout=p.lock_timeout,
+            fsck=p.fsck,
+            source=p.source,
+        )
+
+
+@dataclass
+class PromoteRequest:
+    """What the record says about the candidate (built by the stage glue)."""
+
+    ref: str
+    checksum: str
+    version: str | None
+    parent: str | None
+    stage_url: str
+    gate: Mapping[str, Any]  # the record's gate section
+    blueprint: str = ""
+    arch: str = ""
+    image_digest: str = ""
+    image_ref: str = ""  # the pushed image by digest (push.image_ref), for prod.source = image
+    packages: list[Any] = field(default_factory=list)
+    blueprint_info: Mapping[str, Any] = field(default_factory=dict)
+    approvals_required: int = 1
+    allow_fork: bool = False
+    windows: list[str] = field(default_factory=list)
+    freeze: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    name: str
+    detail: str
+    seconds: float
+
+
+@dataclass
+class PromoteResult:
+    repo: str
+    ref: str
+    checksum: str
+    previous: str | None
+    version: str | None
+    deltas: list[str] = field(default_factory=list)
+    signed: bool = False
+    time: str = ""
+    noop: bool = False
+    steps: list[StepResult] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    rollback_of: str | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        return {"repo": self.repo, "ref": self.ref, "checksum": self.checksum, "previous": self.previous,
+                "version": self.version, "deltas": self.deltas, "signed": self.signed, "time": self.time}
+
+
+# -- lock -------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def repo_lock(repo: Path, timeout: float, *, poll: float = 0.1) -> Iterator[None]:
+    """Exclusive flock on REPO/.edgeci-lock; the kernel drops it when the process dies (even by SIGKILL)."""
+    repo.mkdir(parents=True, exist_ok=True)
+    path = repo / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = ""
+                    with contextlib.suppress(OSError):
+                        holder = path.read_text().strip()
+                    raise PromotionError(
+                        f"another promotion holds the production lock ({holder or 'holder unknown'}) "
+                        f"for longer than {timeout:g} s",
+                        where=str(path), fix="wait for it to finish, or raise prod.lock_timeout") from None
+                time.sleep(poll)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {now_iso()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- releases log -----------------------------------------------------------------------------------
+
+class ReleasesLog:
+    """REPO/releases.json: every release (promotion or rollback) in order, written atomically."""
+
+    def __init__(self, repo: Path) -> None:
+        self.path = Path(repo) / RELEASES_NAME
+
+    def load(self) -> list[dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, json.JSONDecodeError) as e:
+            raise PromotionError(f"the releases log is unreadable: {e}", where=str(self.path),
+                                 fix="restore it from a backup; production refs are unchanged") from None
+        releases = data.get("releases") if isinstance(data, dict) else None
+        if not isinstance(releases, list):
+            raise PromotionError("the releases log has no 'releases' list", where=str(self.path))
+        return releases
+
+    def for_ref(self, ref: str) -> list[dict[str, Any]]:
+        return [r for r in self.load() if r.get("ref") == ref]
+
+    def last(self, ref: str) -> dict[str, Any] | None:
+        entries = self.for_ref(ref)
+        return entries[-1] if entries else None
+
+    def append(self, entry: Mapping[str, Any]) -> None:
+        """Append unless the ref's last release is already this checksum (a re-run after a kill)."""
+        releases = self.load()
+        mine = [r for r in releases if r.get("ref") == entry["ref"]]
+        if mine and mine[-1].get("checksum") == entry["checksum"]:
+            return
+        releases.append(dict(entry))
+        atomic_write_text(self.path, json.dumps({"schema": 1, "releases": releases}, indent=1) + "\n",
+                          fsync=True)  # production state: survive a power loss too
+
+
+def releases_from_url(url: str, timeout: float = 30) -> list[dict[str, Any]]:
+    """The releases log of a production repo served over HTTP ([] when it has none yet)."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/{RELEASES_NAME}", timeout=timeout) as resp:
+            data = json.loads(resp.read().decode())
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return []
+        raise PromotionError(f"cannot read the releases log: HTTP {e.code}", where=url) from None
+    except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
+        raise PromotionError(f"cannot read the releases log: {e}", where=url,
+                             fix="check prod.url, or run where prod.repo is on disk") from None
+    releases = data.get("releases") if isinstance(data, dict) else None
+    return releases if isinstance(releases, list) else []
+
+
+@dataclass
+class ProductionState:
+    production: policy.Production
+    releases: list[dict[str, Any]]  # of this ref, oldest first
+
+
+def read_production(settings: ProdSettings, ref: str) -> ProductionState:
+    """Production's commit and version on `ref`: from the repo on disk (commit metadata first, the
+    releases log second), else over HTTP from prod.url (ref file and releases log)."""
+    repo = settings.repo
+    if (repo / "config").is_file():
+        commit = ostree.rev_parse(repo, ref)
+        releases = ReleasesLog(repo).for_ref(ref)
+        version = ostree.metadata(repo, commit, "version") if commit else None
+        if commit and not version:
+            version = next((r.get("version") for r in reversed(releases) if r.get("checksum") == commit), None)
+        return ProductionState(policy.Production(ref, commit, version), releases)
+    if settings.url:
+        releases = [r for r in releases_from_url(settings.url) if r.get("ref") == ref]
+        commit = None
+        try:
+            with urllib.request.urlopen(f"{settings.url.rstrip('/')}/refs/heads/{ref}", timeout=30) as resp:
+                commit = resp.read().decode().strip() or None
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                raise PromotionError(f"cannot read production's ref {ref}: HTTP {e.code}",
+                                     where=settings.url) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise PromotionError(f"cannot read production's ref {ref}: {e}", where=settings.url) from None
+        version = next((r.get("version") for r in reversed(releases) if r.get("checksum") == commit), None)
+        return ProductionState(policy.Production(ref, commit, version), releases)
+    return ProductionState(policy.Production(ref, None, None), [])
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+def _b64(checksum: str) -> str:
+    return base64.b64encode(bytes.fromhex(checksum)).decode().rstrip("=").replace("/", "_")
+
+
+def delta_dir(repo: Path, from_: str, to: str) -> Path:
+    """Where ostree keeps the FROM→TO static delta (deltas/XX/REST-TO, modified base64)."""
+    f = _b64(from_)
+    return repo / "deltas" / f[:2] / f"{f[2:]}-{_b64(to)}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Steps:
+    """Announces step boundaries and times them."""
+
+    def __init__(self, on_step: StepCallback | None) -> None:
+        self.on_step = on_step
+        self.done: list[StepResult] = []
+        self._name = ""
+        self._t0 = 0.0
+
+    def begin(self, name: str) -> None:
+        self._name, self._t0 = name, time.monotonic()
+        if self.on_step:
+            self.on_step(name, "begin", "")
+
+    def end(self, detail: str) -> None:
+        self.done.append(StepResult(self._name, detail, time.monotonic() - self._t0))
+        if self.on_step:
+            self.on_step(self._name, "end", detail)
+
+
+def check_gate(req: PromoteRequest) -> str:
+    """Step 1: refuse unless the record's gate approved exactly this checksum; returns the approvers."""
+    gate = req.gate or {}
+    if not gate:
+        raise PromotionRefused("the gate has not run for this candidate", fix="run 'edgeci gate' first")
+    if gate.get("checksum") != req.checksum:
+        raise PromotionRefused(f"the gate decided about {policy.short(gate.get('checksum'))}, not the candidate "
+                               f"{policy.short(req.checksum)}", fix="run 'edgeci gate' again")
+    if gate.get("decision") != policy.APPROVED or gate.get("status", policy.PASSED) != policy.PASSED:
+        raise PromotionRefused(f"the gate {gate.get('decision', 'did not approve')} {policy.short(req.checksum)}",
+                               fix="see 'edgeci gate' for the rules that failed")
+    approvals = gate.get("approvals") or []
+    bound = [a for a in approvals if policy.names_checksum(str(a.get("checksum", "")), req.checksum)]
+    if len(bound) != len(approvals) or len({str(a.get("user", "")).casefold() for a in bound}) < req.approvals_required:
+        raise PromotionRefused(f"the gate's approvals do not all name {policy.short(req.checksum)} "
+                               f"(or fewer than {req.approvals_required})", fix="run 'edgeci gate' again")
+    return ", ".join(str(a.get("user")) for a in bound) or "(no approvals required)"
+
+
+def _recheck(req: PromoteRequest, production: policy.Production, now: datetime) -> None:
+    """Under the lock: production may have moved since the gate ran, and time may have left the window."""
+    for rule in (policy.check_version(req.version, production),
+                 policy.check_parent(req.parent, production, req.allow_fork),
+                 policy.check_window(req.windows, now), policy.check_freeze(req.freeze, now)):
+        if rule.outcome != policy.PASSED:
+            raise PromotionRefused(f"{rule.name}: {rule.reason}", where=f"production ref {production.ref}")
+
+
+def _ensure_stage_remote(repo: Path, url: str) -> None:
+    if not url:
+        raise PromotionError("the record's stage section has no url", fix="re-run 'edgeci stage'")
+    if ostree.remote_url(repo, STAGE_REMOTE) != url:
+        ostree.remote_add(repo, STAGE_REMOTE, url)
+
+
+def _stage_reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/config", timeout=15) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _pull(repo: Path, req: PromoteRequest) -> str:
+    _ensure_stage_remote(repo, req.stage_url)
+    try:
+        r = ostree.pull(repo, STAGE_REMOTE, [req.checksum], mirror=True, depth=1)
+    except ToolError as e:
+        text = e.stderr or e.message
+        if "Corrupted" in text or "checksum expected" in text:
+            raise PromotionRefused(
+                f"the stage's copy of {policy.short(req.checksum)} no longer matches its checksum "
+                f"(an object changed after the boot test): {text.strip().splitlines()[-1]}",
+                where=req.stage_url, fix="re-stage and boot-test the candidate; production is unchanged") from None
+        if "404" in text and _stage_reachable(req.stage_url):
+            raise PromotionRefused(
+                f"the stage no longer serves the boot-tested commit {policy.short(req.checksum)}",
+                where=req.stage_url, fix="re-stage and boot-test the candidate; production is unchanged") from None
+        raise PromotionError(f"cannot pull {policy.short(req.checksum)} from the stage: "
+                             f"{text.strip().splitlines()[-1] if text.strip() else e.message}",
+                             where=req.stage_url, fix="check that the stage is up (edgeci stage)") from None
+    return r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "pulled"
+
+
+def _pull_image(repo: Path, req: PromoteRequest, fetch: ImageFetcher | None) -> str:
+    """The commit out of the pushed image (pinned by its manifest digest), verified object by object."""
+    if fetch is None:
+        raise PromotionError("prod.source is 'image' but no image fetcher was given")
+    if "@sha256:" not in req.image_ref:
+        raise PromotionError(f"the record's image reference '{req.image_ref}' is not pinned by digest",
+                             fix="re-run 'edgeci push' (it records destination@digest)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=repo.parent, prefix=SCRATCH_PREFIX) as tmp:
+        src = fetch(req.image_ref, Path(tmp))
+        try:
+            ostree.pull_local(repo, src, [req.checksum], depth=1, untrusted=True)
+        except ToolError as e:
+            text = (e.stderr or e.message).strip()
+            if "No such metadata object" in text or "Corrupted" in text or "checksum expected" in text:
+                raise PromotionRefused(
+                    f"the image {req.image_ref} does not hold the boot-tested commit {policy.short(req.checksum)} "
+                    f"intact: {text.splitlines()[-1] if text else e.message}",
+                    fix="re-run push, stage and boot-test; production is unchanged") from None
+            raise
+    return f"imported from {req.image_ref}"
+
+
+def _verify(settings: ProdSettings, checksum: str, previous: str | None) -> str:
+    repo = settings.repo
+    if not ostree.has_commit(repo, checksum):
+        state = "partial" if ostree.is_partial(repo, checksum) else "missing"
+        raise PromotionError(f"commit {checksum} is {state} in production after the pull", where=str(repo),
+                             fix="re-run the promotion")
+    since = previous if (settings.fsck != "full" and previous and ostree.has_commit(repo, previous)) else None
+    n = ostree.fsck_commit(repo, checksum, since=since)
+    scope = f"that differ from {policy.short(since)}" if since else "of the commit"
+    return f"complete; {n} objects {scope} verified"
+
+
+def _sign(settings: ProdSettings, checksum: str) -> tuple[bool, str]:
+    repo = settings.repo
+    done = []
+    if settings.gpg_key:
+        from edgeci.tools import gpg
+
+        home = settings.gpg_homedir or None
+        fpr = gpg.fingerprint(settings.gpg_key, home)
+        present = {k[-16:] for k in ostree.signature_key_ids(repo, checksum, home)}
+        if fpr[-16:] not in present:
+            ostree.gpg_sign(repo, checksum, fpr, home)
+            done.append(f"GPG {fpr[-16:]}")
+        else:
+            done.append(f"GPG {fpr[-16:]} (already signed)")
+    if settings.ed25519_key:
+        if ostree.sign_supported():
+            ostree.sign_ed25519(repo, checksum, settings.ed25519_key)
+            done.append("ed25519")
+        elif not settings.gpg_key:
+            raise PromotionError("prod.sign_ed25519_key is set but this ostree build cannot sign ed25519",
+                                 where="prod.sign_ed25519_key",
+                                 fix="configure prod.gpg_key (GPG works with every ostree build)")
+        else:
+            done.append("ed25519 skipped (not supported by this ostree)")
+    if not done:
+        return False, "unsigned (prod.gpg_key is not set)"
+    return True, "signed: " + ", ".join(done)
+
+
+def _delta_sources(settings: ProdSettings, target: str, previous: str | None,
+                   releases: Sequence[Mapping[str, Any]]) -> list[str]:
+    repo = settings.repo
+    sources: list[str] = []
+    if previous and previous != target and ostree.has_commit(repo, previous):
+        sources.append(previous)
+    taken = 0
+    for r in reversed(releases):
+        if taken >= settings.delta_from_releases:
+            break
+        c = str(r.get("checksum", ""))
+        if c == target or not policy.CHECKSUM_RE.match(c):
+            continue
+        taken += 1
+        if c not in sources and ostree.has_commit(repo, c):
+            sources.append(c)
+    return sources
+
+
+def _deltas(settings: ProdSettings, target: str, sources: Sequence[str]) -> list[str]:
+    # Always (re)generated before the ref moves: a delta half-written by a killed run is overwritten.
+    out = []
+    for src in sources:
+        ostree.static_delta_generate(settings.repo, target, from_=src, extra=settings.delta_args)
+        out.append(f"{src}-{target}")
+    return out
+
+
+def _summary(settings: ProdSettings) -> str:
+    if settings.gpg_key:
+        from edgeci.tools import gpg
+
+        fpr = gpg.fingerprint(settings.gpg_key, settings.gpg_homedir or None)
+        ostree.summary_update(settings.repo, gpg_key=fpr, gpg_homedir=settings.gpg_homedir or None)
+        return f"summary updated, signed by {fpr[-16:]}"
+    ostree.summary_update(settings.repo)
+    return "summary updated (unsigned)"
+
+
+def _keep_ref(checksum: str) -> str:
+    return f"{KEEP_REMOTE}:release/{checksum}"
+
+
+def _keep_refs_on_disk(repo: Path) -> set[str]:
+    d = repo / "refs" / "remotes" / KEEP_REMOTE / "release"
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+
+def retained(settings: ProdSettings, releases: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Checksums of the last `retention` releases of every ref in the log."""
+    keep_n = max(settings.retention, 1)
+    by_ref: dict[str, list[str]] = {}
+    for r in releases:
+        by_ref.setdefault(str(r.get("ref")), []).append(str(r.get("checksum")))
+    out: set[str] = set()
+    for checksums in by_ref.values():
+        out.update(checksums[-keep_n:])
+    return out
+
+
+def _prune(settings: ProdSettings) -> tuple[list[str], str]:
+    """Keep the last K releases of each ref (pinned by keep refs) and every ref tip; delete the rest."""
+    repo = settings.repo
+    releases = ReleasesLog(repo).load()
+    keep = {c for c in retained(settings, releases) if ostree.has_commit(repo, c)}
+    have = _keep_refs_on_disk(repo)
+    for c in sorted(keep - have):
+        ostree.set_ref(repo, _keep_ref(c), c)
+    dropped = sorted(have - keep)
+    for c in dropped:
+        ostree.delete_ref(repo, _keep_ref(c))
+    managed = {str(r.get("ref")) for r in releases}
+    out_of_retention = {str(r.get("checksum")) for r in releases} - keep
+    to_delete = [c for c in out_of_retention if (repo / "objects" / c[:2] / f"{c[2:]}.commit").exists()]
+    if not to_delete:
+        return [], f"nothing to prune ({len(keep)} releases kept, retention {settings.retention})"
+    # Depth 0 for edgeci's refs (kept releases are pinned by keep refs); refs edgeci does not manage keep
+    # their whole history.
+    extra = []
+    for ref in ostree.refs(repo):
+        if ":" not in ref and ref not in managed:
+            extra.append(f"--retain-branch-depth={ref}=-1")
+    ostree.cli(repo, "prune", "--refs-only", "--depth=0", *extra)
+    gone = [c for c in to_delete if not (repo / "objects" / c[:2] / f"{c[2:]}.commit").exists()]
+    return gone, f"pruned {len(gone)} release(s) beyond retention {settings.retention}; kept {len(keep)}"
+
+
+def _entry(req: PromoteRequest | None, ref: str, checksum: str, version: str | None, previous: str | None,
+           approvers: Sequence[str], signed: bool, deltas: Sequence[str], **extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "ref": ref, "version": version, "checksum": checksum, "previous": previous,
+        "approvers": list(approvers), "time": now_iso(), "signed": signed,
+        "deltas_from": [d.split("-")[0] for d in deltas],
+    }
+    if req is not None:
+        info = req.blueprint_info or {}
+        entry.update({
+            "blueprint": req.blueprint, "arch": req.arch, "image_digest": req.image_digest,
+            "blueprint_git_sha": info.get("git_sha", ""), "blueprint_path": info.get("path", ""),
+            "blueprint_sha256": info.get("sha256", ""), "packages": list(req.packages or []),
+        })
+    entry.update(extra)
+    return entry
+
+
+# -- promote ----------------------------------------------------------------------------------------
+
+def plan(settings: ProdSettings, req: PromoteRequest) -> list[str]:
+    """What `promote` would do, step by step (read-only: no lock, nothing written)."""
+    state = read_production(settings, req.ref)
+    cur = state.production.commit
+    lines = []
+    try:
+        approvers = check_gate(req)
+        lines.append(f"1 gate: approved for {req.checksum} by {approvers}")
+    except PromotionRefused as e:
+        lines.append(f"1 gate: REFUSE — {e.message}")
+    if cur == req.checksum:
+        lines.append(f"  production's {req.ref} already points at {req.checksum}: nothing to do")
+        return lines
+    if settings.source == "image":
+        lines.append(f"2 pull: extract the ostree repo from {req.image_ref}, then ostree pull-local --untrusted "
+                     f"--depth=1 EXTRACTED {req.checksum} (moves no ref)")
+    else:
+        lines.append(f"2 pull: ostree --repo={settings.repo} pull --mirror --depth=1 {STAGE_REMOTE} {req.checksum} "
+                     f"(remote {STAGE_REMOTE} = {req.stage_url}; the pull moves no ref)")
+    since = f"the objects that differ from {policy.short(cur)}" if cur and settings.fsck != "full" else "every object"
+    lines.append(f"3 verify: no state/{req.checksum}.commitpartial; fsck of {since}")
+    if settings.gpg_key:
+        lines.append(f"4 sign: ostree gpg-sign {policy.short(req.checksum)} {settings.gpg_key}"
+                     + (f" --gpg-homedir={settings.gpg_homedir}" if settings.gpg_homedir else ""))
+    else:
+        lines.append("4 sign: no key configured (prod.gpg_key): the commit stays unsigned")
+    sources = []
+    if cur:
+        sources.append(cur)
+    for r in reversed(state.releases[-settings.delta_from_releases:] if settings.delta_from_releases else []):
+        c = str(r.get("checksum"))
+        if c not in sources:
+            sources.append(c)
+    if sources:
+        for s in sources:
+            lines.append(f"5 deltas: ostree static-delta generate --from={s} --to={req.checksum} "
+                         + " ".join(settings.delta_args))
+    else:
+        lines.append("5 deltas: none (first release: no earlier commit to delta from)")
+    lines.append(f"6 ref: {req.ref}: {cur or '(new)'} -> {req.checksum}")
+    lines.append("7 summary: ostree summary -u" + (f" --gpg-sign={settings.gpg_key}" if settings.gpg_key else ""))
+    lines.append(f"8 log: append {req.version} to {settings.repo / RELEASES_NAME}; the record's promote section")
+    all_releases = ReleasesLog(settings.repo).load() if (settings.repo / "config").is_file() else []
+    future = [*all_releases, {"ref": req.ref, "checksum": req.checksum}]
+    drop = [str(r.get("checksum")) for r in all_releases if str(r.get("checksum")) not in retained(settings, future)]
+    lines.append(f"9 prune: keep the last {settings.retention} releases per ref"
+                 + (f"; drop {', '.join(policy.short(c) for c in drop)}" if drop else "; nothing to drop"))
+    return lines
+
+
+def promote(settings: ProdSettings, req: PromoteRequest, *, on_step: StepCallback | None = None,
+            now: Callable[[], datetime] = _now, fetch_image: ImageFetcher | None = None) -> PromoteResult:
+    """Promote exactly req.checksum (see the module docstring). Same checksum again: a no-op."""
+    if not policy.CHECKSUM_RE.match(req.checksum):
+        raise PromotionError(f"'{req.checksum}' is not a commit checksum", fix="run 'edgeci compose' first")
+    steps = _Steps(on_step)
+    repo = settings.repo
+    with repo_lock(repo, settings.lock_timeout):
+        ostree.init(repo, "archive")
+        for stale in repo.parent.glob(f"{SCRATCH_PREFIX}*"):  # left by a killed run; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        log = ReleasesLog(repo)
+        releases = log.for_ref(req.ref)
+        current = ostree.rev_parse(repo, req.ref)
+        last = releases[-1] if releases else None
+
+        steps.begin("gate")
+        approvers = check_gate(req)
+        if current == req.checksum and last and last.get("checksum") == req.checksum:
+            steps.end(f"{req.ref} already points at {req.checksum}: nothing to do")
+            # a run killed after the log but before pruning left that undone: finish it (idempotent)
+            steps.begin("prune")
+            steps.end(_prune(settings)[1])
+            return PromoteResult(str(repo), req.ref, req.checksum, last.get("previous"), last.get("version"),
+                                 deltas=[f"{f}-{req.checksum}" for f in last.get("deltas_from", [])],
+                                 signed=bool(last.get("signed")), time=str(last.get("time", "")), noop=True,
+                                 steps=steps.done)
+        resume = current == req.checksum  # a killed run already moved the ref: finish steps 7-9
+        if resume:
+            previous = str(last["checksum"]) if last else None
+            version = ostree.metadata(repo, req.checksum, "version") or req.version
+            steps.end(f"approved by {approvers}; {req.ref} already points at it: finishing summary, log, prune")
+            signed = bool(settings.gpg_key) and bool(ostree.signature_key_ids(repo, req.checksum,
+                                                                             settings.gpg_homedir or None))
+            deltas = [f"{p}-{req.checksum}" for p in _delta_sources(settings, req.checksum, previous, releases)
+                      if (delta_dir(repo, p, req.checksum) / "superblock").is_file()]
+        else:
+            previous = current
+            prod_version = ostree.metadata(repo, current, "version") if current else None
+            if current and not prod_version and last:
+                prod_version = last.get("version")
+            production = policy.Production(req.ref, current, prod_version)
+            _recheck(req, production, now())
+            steps.end(f"approved by {approvers}; {req.version} over production "
+                      f"{prod_version or '(none)'} at {policy.short(current)}")
+
+            steps.begin("pull")
+            detail = _pull_image(repo, req, fetch_image) if settings.source == "image" else _pull(repo, req)
+            steps.end(detail)
+
+            steps.begin("verify")
+            detail = _verify(settings, req.checksum, previous)
+            version = ostree.metadata(repo, req.checksum, "version") or req.version
+            if version != req.version:
+                _recheck(dataclasses.replace(req, version=version), production, now())
+            steps.end(detail)
+
+            steps.begin("sign")
+            signed, detail = _sign(settings, req.checksum)
+            steps.end(detail)
+
+            steps.begin("deltas")
+            sources = _delta_sources(settings, req.checksum, previous, releases)
+            deltas = _deltas(settings, req.checksum, sources)
+            steps.end(f"{len(deltas)} static delta(s) to {policy.short(req.checksum)} from "
+                      + (", ".join(policy.short(s) for s in sources) or "nothing (first release)"))
+
+            steps.begin("ref")
+            ostree.set_ref(repo, req.ref, req.checksum)
+            steps.end(f"{req.ref}: {policy.short(previous)} -> {policy.short(req.checksum)}")
+
+        steps.begin("summary")
+        steps.end(_summary(settings))
+
+        steps.begin("log")
+        entry = _entry(req, req.ref, req.checksum, version, previous,
+                       [str(a.get("user")) for a in (req.gate.get("approvals") or [])], signed, deltas)
+        log.append(entry)
+        steps.end(f"release {version} appended to {log.path.name}")
+
+        steps.begin("prune")
+        gone, detail = _prune(settings)
+        steps.end(detail)
+
+        return PromoteResult(str(repo), req.ref, req.checksum, previous, version, deltas=deltas, signed=signed,
+                             time=str(entry["time"]), steps=steps.done, pruned=gone)
+
+
+# -- rollback ---------------------------------------------------------------------------------------
+
+def rollback(settings: ProdSettings, ref: str, *, to_version: str | None = None, by: str = "",
+             blueprint: str = "", arch: str = "", on_step: StepCallback | None = None) -> PromoteResult:
+    """Publish a NEW commit whose tree is an earlier release's: parent = production, fresh timestamp,
+    version = production's + 1 in the last place, metadata edgeci.rollback-of=<VERSION>."""
+    repo = settings.repo
+    if not (repo / "config").is_file():
+        raise PromotionError("there is no production repository yet", where=str(repo),
+                             fix="promote a release first (edgeci promote)")
+    steps = _Steps(on_step)
+    with repo_lock(repo, settings.lock_timeout):
+        log = ReleasesLog(repo)
+        releases = log.for_ref(ref)
+        current = ostree.rev_parse(repo, ref)
+        if current is None or not releases:
+            raise PromotionError(f"production has no release on {ref} to roll back", where=str(repo),
+                                 fix="check the blueprint name and --arch (edgeci history)")
+        cur_version = ostree.metadata(repo, current, "version") or releases[-1].get("version")
+        if to_version:
+            matches = [r for r in releases if r.get("version") == to_version]
+            if not matches:
+                known = ", ".join(str(r.get("version")) for r in releases)
+                raise PromotionError(f"no release {to_version} on {ref}", where=str(log.path),
+                                     fix=f"pick one of: {known}")
+            target = matches[-1]
+        else:
+            earlier = [r for r in releases if r.get("checksum") != current]
+            if not earlier:
+                raise PromotionError(f"{ref} has only one release: nothing to roll back to", where=str(log.path))
+            target = earlier[-1]
+        tgt = str(target["checksum"])
+        tgt_version = str(target.get("version"))
+        if not ostree.has_commit(repo, tgt):
+            kept = ", ".join(str(r.get("version")) for r in releases if ostree.has_commit(repo, str(r["checksum"])))
+            raise PromotionError(f"release {tgt_version} ({policy.short(tgt)}) was pruned (prod.retention "
+                                 f"{settings.retention})", where=str(repo), fix=f"roll back to one of: {kept}")
+        if not cur_version:
+            raise PromotionError(f"production's commit {policy.short(current)} has no version", where=str(repo))
+        new_version = policy.next_version(cur_version)
+
+        steps.begin("commit")
+        # An orphan commit carries no ref binding, and clients refuse a commit not bound to the ref they pull.
+        extra = [f"--bind-ref={ref}"]
+        if ostree.metadata(repo, tgt, "ostree.bootable"):
+            extra.append("--bootable")
+        new = ostree.commit(
+            repo, "", orphan=True, tree_ref=tgt, parent=current, owner_root=False,
+            subject=f"Rollback to {tgt_version}",
+            body=f"Tree of release {tgt_version} ({tgt}), published as a new commit on top of {current}.",
+            metadata={"version": new_version, "edgeci.rollback-of": tgt_version,
+                      "edgeci.rollback-of-commit": tgt},
+            extra=extra,
+        )
+        steps.end(f"{policy.short(new)} = tree of {tgt_version}, version {new_version}, parent {policy.short(current)}")
+
+        steps.begin("sign")
+        signed, detail = _sign(settings, new)
+        steps.end(detail)
+
+        steps.begin("deltas")
+        sources = _delta_sources(settings, new, current, releases)
+        deltas = _deltas(settings, new, sources)
+        steps.end(f"{len(deltas)} static delta(s) from " + ", ".join(policy.short(s) for s in sources))
+
+        steps.begin("ref")
+        ostree.set_ref(repo, ref, new)
+        steps.end(f"{ref}: {policy.short(current)} -> {policy.short(new)}")
+
+        steps.begin("summary")
+        steps.end(_summary(settings))
+
+        steps.begin("log")
+        entry = _entry(None, ref, new, new_version, current, [], signed, deltas, blueprint=blueprint, arch=arch,
+                       rollback_of=tgt_version, rollback_of_commit=tgt, by=by)
+        log.append(entry)
+        steps.end(f"rollback {new_version} (= {tgt_version}) appended to {log.path.name}")
+
+        steps.begin("prune")
+        gone, detail = _prune(settings)
+        steps.end(detail)
+        return PromoteResult(str(repo), ref, new, current, new_version, deltas=deltas, signed=signed,
+                             time=str(entry["time"]), steps=steps.done, pruned=gone, rollback_of=tgt_version)
+
+
+# -- history ----------------------------------------------------------------------------------------
+
+@dataclass
+class HistoryEntry:
+    version: str
+    checksum: str
+    time: str
+    approvers: list[str]
+    rollback_of: str | None
+    current: bool
+    present: bool | None  # None: unknown (read over HTTP)
+
+
+def history(settings: ProdSettings, ref: str) -> list[HistoryEntry]:
+    """The releases of `ref`, oldest first, with which one production serves and which are still stored."""
+    local = (settings.repo / "config").is_file()
+    state = read_production(settings, ref)
+    out = []
+    for r in state.releases:
+        c = str(r.get("checksum", ""))
+        out.append(HistoryEntry(
+            version=str(r.get("version")), checksum=c, time=str(r.get("time", "")),
+            approvers=list(r.get("approvers") or []), rollback_of=r.get("rollback_of"),
+            current=c == state.production.commit,
+            present=ostree.has_commit(settings.repo, c) if local else None,
+        ))
+    return out

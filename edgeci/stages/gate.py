@@ -1,0 +1,189 @@
+"""`edgeci gate BLUEPRINT`: may this exact commit go to production? Glue between the record, production's
+state, an approval source (local, GitLab, Jenkins) and the policy; prints each rule's verdict and what is
+being approved, writes reports/gate-<bp>-<arch>.xml and the record's gate section.
+Exit 0 approved, 1 denied or still pending, 2 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from edgeci.config import Config
+
+HELP = "decide whether the candidate may go to production (rules, approvals bound to its checksum)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgeci.stages.common import add_target_args
+
+    add_target_args(p)
+    p.add_argument("--source", choices=("local", "gitlab", "jenkins"), default=None,
+                   help="where approvals come from (default: gate.source, local)")
+    p.add_argument("--approver", metavar="NAME", default=None,
+                   help="jenkins: the user the input step's submitterParameter returned")
+    p.add_argument("--approved-checksum", metavar="CHECKSUM", default=None,
+                   help="jenkins: the checksum the input step showed (default $EDGECI_APPROVED_CHECKSUM)")
+    p.add_argument("--build", metavar="N", type=int, default=None,
+                   help="jenkins: the build that asked for approval (default $BUILD_NUMBER)")
+    p.add_argument("--merge-request", metavar="IID", type=int, default=None,
+                   help="gitlab: the merge request whose approvals count (default $CI_MERGE_REQUEST_IID)")
+    p.add_argument("--deployment", metavar="ID", type=int, default=None,
+                   help="gitlab: the deployment whose approvals count (default: the one of $CI_JOB_ID)")
+
+
+def blueprint_file(cfg: Config, name: str, section: dict[str, Any] | None) -> Path | None:
+    """The blueprint TOML the candidate was built from (record path first, then blueprints/NAME.toml)."""
+    if section and section.get("path"):
+        p = Path(str(section["path"]))
+        p = p if p.is_absolute() else cfg.root / p
+        if p.is_file():
+            return p
+    p = cfg.blueprints_dir / f"{name}.toml"
+    return p if p.is_file() else None
+
+
+def prod_ref(cfg: Config, name: str, arch: str, record: Any | None = None) -> str:
+    compose = record.get("compose") if record is not None else None
+    return str(compose["ref"]) if compose and compose.get("ref") else cfg.ref(name, arch)
+
+
+def collect(cfg: Config, args: argparse.Namespace, checksum: str, bp_path: Path | None, work: Path) -> Any:
+    from edgeci.gate import local
+
+    source = args.source or cfg.gate.source
+    if source == "local":
+        return local.collect(work, bp_path)
+    people, notes = local.git_people(bp_path)
+    people += local.env_people(os.environ)
+    if source == "gitlab":
+        from edgeci.gate import gitlab
+
+        evidence = gitlab.collect(cfg, checksum, merge_request=args.merge_request, deployment=args.deployment)
+    else:
+        from edgeci.gate import jenkins
+
+        evidence = jenkins.collect(cfg, checksum, approver=args.approver,
+                                   approved_checksum=args.approved_checksum, build=args.build)
+    evidence.people = people + evidence.people
+    evidence.notes = notes + evidence.notes
+    return evidence
+
+
+def describe(cfg: Config, rec: Any, state: Any, bp_path: Path | None) -> list[str]:
+    """What is being approved: commit, image, boot test, delta size, blueprint and package diffs."""
+    from edgeci.gate import policy
+    from edgeci.tools import git
+
+    s = rec.sections
+    compose, push, boot = s.get("compose") or {}, s.get("push") or {}, s.get("boot_test") or {}
+    bp = s.get("blueprint") or {}
+    prod = state.production
+    lines = [
+        f"candidate:  {bp.get('name', '?')} {bp.get('version', '?')}  commit {compose.get('commit', '?')}",
+        f"image:      {push.get('image_ref') or push.get('digest') or '(not pushed)'}",
+        f"production: {prod.ref} at {prod.commit or '(nothing released yet)'}"
+        + (f" version {prod.version}" if prod.version else ""),
+    ]
+    scen = boot.get("scenarios") or {}
+    if scen:
+        lines.append(f"boot test:  {boot.get('backend', '?')}: "
+                     + ", ".join(f"{k} {(v or {}).get('outcome')}" for k, v in scen.items()))
+    if boot.get("delta_bytes") is not None:
+        full = boot.get("full_bytes")
+        lines.append(f"delta size: {boot['delta_bytes']} bytes" + (f" (full pull {full} bytes)" if full else ""))
+    released = next((r for r in reversed(state.releases) if r.get("checksum") == prod.commit), None)
+    if prod.commit is None:
+        lines.append("blueprint diff: first release, nothing to compare with")
+        return lines
+    if released is None:
+        lines.append("blueprint diff: production's release is not in the releases log (released outside edgeci)")
+        return lines
+    old_text = None
+    top = git.toplevel(bp_path) if bp_path else None
+    rel = str(released.get("blueprint_path") or "")
+    if top is not None and released.get("blueprint_git_sha") and rel:
+        old_text = git.show(top, str(released["blueprint_git_sha"]), _repo_rel(cfg, top, rel))
+    new_text = None
+    if top is not None and bp.get("git_sha") and bp.get("path"):
+        new_text = git.show(top, str(bp["git_sha"]), _repo_rel(cfg, top, str(bp["path"])))
+    if new_text is None and bp_path is not None:
+        new_text = bp_path.read_text(encoding="utf-8", errors="replace")
+    if old_text is not None and new_text is not None:
+        diff = policy.text_diff(old_text, new_text, f"production {prod.version}", f"candidate {bp.get('version')}")
+        lines.append("blueprint diff:" + (" none" if not diff else ""))
+        lines += [f"  {d}" for d in diff]
+    else:
+        same = released.get("blueprint_sha256") and released.get("blueprint_sha256") == bp.get("sha256")
+        lines.append("blueprint diff: " + ("unchanged (same sha256)" if same else
+                                            "production's blueprint text is not available in this git checkout"))
+    if "packages" in released and compose.get("packages") is not None:
+        pk = policy.package_diff(released.get("packages") or [], compose.get("packages") or [])
+        lines.append(f"package diff: {len(pk)} change(s)" if pk else "package diff: none")
+        lines += [f"  {d}" for d in pk]
+    else:
+        lines.append("package diff: production's package list is not recorded")
+    return lines
+
+
+def _repo_rel(cfg: Config, top: Path, path: str) -> str:
+    p = Path(path)
+    p = p if p.is_absolute() else cfg.root / p
+    try:
+        return str(p.resolve().relative_to(top.resolve()))
+    except ValueError:
+        return path
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from datetime import datetime
+
+    from edgeci.gate import policy
+    from edgeci.promote import ProdSettings, read_production
+    from edgeci.record import FAILED, PASSED
+    from edgeci.report import Case, Outcome, write_junit
+    from edgeci.stages.common import load_record, target, work_dir
+    from edgeci.ui import say, warn
+
+    name, arch = target(cfg, args)
+    rec = load_record(cfg, name, arch)
+    rec.section("compose")
+    candidate = policy.Candidate.from_sections(rec.sections)
+    ref = prod_ref(cfg, name, arch, rec)
+    state = read_production(ProdSettings.from_config(cfg), ref)
+    bp_path = blueprint_file(cfg, name, rec.get("blueprint"))
+    evidence = collect(cfg, args, candidate.checksum, bp_path, work_dir(cfg, name, arch))
+    g = cfg.gate
+    now_env = os.environ.get("EDGECI_TEST_NOW")  # tests pin the clock for window/freeze rules
+    now = datetime.fromisoformat(now_env) if now_env else datetime.now(UTC)
+    verdict = policy.evaluate(
+        candidate, state.production, evidence, approvals_required=g.approvals_required,
+        allowed_users=g.allowed_users, allowed_groups=g.allowed_groups, allow_fork=g.allow_fork,
+        windows=g.windows, freeze=g.freeze, now=now,
+    )
+
+    shown = describe(cfg, rec, state, bp_path)
+    for line in shown:
+        say(line)
+    for note in verdict.notes:
+        warn(note)
+    say("")
+    marks = {policy.PASSED: "PASS", policy.FAILED: "FAIL", policy.WAITING: "WAIT"}
+    for r in verdict.rules:
+        say(f"  {marks.get(r.outcome, r.outcome):<4}  {r.name:<24} {r.reason}")
+    say("")
+    say(f"gate {verdict.decision}: {name} {arch} {candidate.checksum}")
+
+    cases = []
+    for r in verdict.rules:
+        outcome = Outcome.PASSED if r.outcome == policy.PASSED else Outcome.FAILED
+        message = r.reason if r.outcome != policy.WAITING else f"pending: {r.reason}"
+        output = "\n".join(shown) if r.name == "approvals-required" else ""
+        cases.append(Case(r.name, outcome, message if outcome is not Outcome.PASSED else "", output or r.reason))
+    write_junit(cfg.reports_dir, "gate", name, arch, cases)
+    rec.set("gate", verdict.as_record(), status=PASSED if verdict.approved else FAILED)
+    rec.save()
+    return 0 if verdict.approved else 1
