@@ -54,7 +54,9 @@ def serve(directory: Path) -> Iterator[tuple[str, list[int]]]:
     """Serve `directory` on 127.0.0.1; yields (base URL, [bytes sent so far])."""
     counter = [0]
     handler = type("H", (_CountingHandler,), {"counter": counter})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    # ostree opens several connections at once: the default backlog of 5 turns the rest into 1 s SYN retries
+    server_cls = type("Server", (http.server.ThreadingHTTPServer,), {"request_queue_size": 128})
+    httpd = server_cls(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

@@ -39,6 +39,12 @@ class RepoHandler(http.server.SimpleHTTPRequestHandler):
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
 
+class Server(http.server.ThreadingHTTPServer):
+    # ostree opens several connections at once; with the default backlog of 5 the others wait for a
+    # SYN retransmit (1 s each), which shows up as stalls in every pull from the stage
+    request_queue_size = 128
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edgeci.stageserver", description=__doc__)
     ap.add_argument("directory")
@@ -51,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stageserver: {root}: not a directory", file=sys.stderr)
         return 2
     handler = functools.partial(RepoHandler, directory=root)
-    server_cls = http.server.ThreadingHTTPServer
+    server_cls: type[http.server.ThreadingHTTPServer] = Server
     if ":" in args.host:
         import socket
 
-        class V6(http.server.ThreadingHTTPServer):
+        class V6(Server):
             address_family = socket.AF_INET6
 
         server_cls = V6

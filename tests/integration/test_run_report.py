@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory: pytest.TempPathFactory, kernel_cache) -> dict:  # type: ignore[no-untyped-def]
-    """Two releases through `edgeci run`: 1.0.0, then 1.0.1 with a changed file; outputs kept."""
+def released(tmp_path_factory: pytest.TempPathFactory, kernel_cache) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+    """Two releases through `edgeci run`: 1.0.0, then 1.0.1 with a changed file; outputs kept.
+
+    Tests may leave a candidate at the gate (its stage server running): teardown stops it by PID."""
     project = tmp_path_factory.mktemp("run-project")
     (project / "blueprints").mkdir()
     for name in ("gateway.toml", "gateway.checks.yaml"):
@@ -68,7 +71,10 @@ def released(tmp_path_factory: pytest.TempPathFactory, kernel_cache) -> dict:  #
     out["second_resume"] = edgeci_cli([*FAST, "run", "gateway", "--resume"], cwd=project)
     out["record"] = _record(project)
     out["report"] = edgeci_cli(["report", "gateway"], cwd=project)
-    return out
+    try:
+        yield out
+    finally:
+        edgeci_cli(["stage", "stop", "gateway"], cwd=project)
 
 
 def first_ref(project: Path) -> str:
@@ -179,3 +185,6 @@ def test_monthly_rebuild_of_an_unchanged_blueprint_ships_as_the_next_patch(relea
     assert "1.0.2 > production's 1.0.1" in " ".join(x["reason"] for x in rec["gate"]["rules"])
     # git is untouched: the blueprint still says 1.0.1
     assert 'version = "1.0.1"' in (project / "blueprints/gateway.toml").read_text()
+    stage_pid = int(rec["stage"]["pid"])
+    assert edgeci_cli(["stage", "stop", "gateway"], cwd=project).returncode == 0
+    assert not _alive(stage_pid)
