@@ -51,8 +51,12 @@ def write_approval(work_dir: Path, checksum: str, user: str, *, comment: str = "
     return path
 
 
-def read_approvals(work_dir: Path) -> list[Approval]:
-    """Every stored approval, of any checksum (the policy rejects those of another candidate)."""
+def read_approvals(work_dir: Path, candidate: str | None = None) -> list[Approval]:
+    """Every stored approval, of any checksum (the policy rejects those of another candidate).
+
+    With `candidate`, approvals properly bound to an earlier candidate are left out: they are the history of
+    earlier releases, not evidence about this one. A file whose directory and content disagree is still
+    returned (bound to nothing), so the policy reports it."""
     root = approvals_dir(work_dir)
     out: list[Approval] = []
     if not root.is_dir():
@@ -66,6 +70,8 @@ def read_approvals(work_dir: Path) -> list[Approval]:
         named = str(data.get("checksum", ""))
         # The file is bound twice (its directory and its content); a disagreement binds to nothing.
         checksum = named if named == path.parent.name else ""
+        if candidate and checksum and checksum != candidate:
+            continue
         user = str(data.get("user", ""))
         out.append(Approval(user=user, checksum=checksum, time=str(data.get("time", "")), source="local",
                             comment=str(data.get("comment", "")), groups=unix_groups(user)))
@@ -137,9 +143,10 @@ def head_author(blueprint_path: Path | None, env: Mapping[str, str] | None = Non
     return ""
 
 
-def collect(work_dir: Path, blueprint_path: Path | None, env: Mapping[str, str] | None = None) -> Evidence:
-    """Evidence for the policy from the local approval files and the local authors."""
+def collect(work_dir: Path, blueprint_path: Path | None, env: Mapping[str, str] | None = None,
+            candidate: str | None = None) -> Evidence:
+    """Evidence for the policy from the local approval files (of `candidate`, when given) and the local authors."""
     env = os.environ if env is None else env
     people, notes = git_people(blueprint_path)
     people += env_people(env)
-    return Evidence(approvals=read_approvals(work_dir), people=people, notes=notes)
+    return Evidence(approvals=read_approvals(work_dir, candidate), people=people, notes=notes)

@@ -56,7 +56,7 @@ def collect(cfg: Config, args: argparse.Namespace, checksum: str, bp_path: Path 
 
     source = args.source or cfg.gate.source
     if source == "local":
-        return local.collect(work, bp_path)
+        return local.collect(work, bp_path, candidate=checksum)
     people, notes = local.git_people(bp_path)
     people += local.env_people(os.environ)
     if source == "gitlab":

@@ -25,6 +25,17 @@ def test_an_approval_is_stored_under_its_checksum_and_read_back(tmp_path: Path) 
     assert got[1].comment == "boot test looks fine" and got[1].source == "local"
 
 
+def test_approvals_of_earlier_candidates_are_history_not_evidence(tmp_path: Path) -> None:
+    local.write_approval(tmp_path, C, "carol")  # approved and released last month
+    local.write_approval(tmp_path, D, "dave")
+    assert [a.user for a in local.read_approvals(tmp_path, candidate=D)] == ["dave"]
+    assert local.read_approvals(tmp_path, candidate="3" * 64) == []
+    moved = tmp_path / "approvals" / D / "carol.json"  # a file moved under the candidate still shows up
+    (tmp_path / "approvals" / C / "carol.json").rename(moved)
+    assert sorted((a.user, a.checksum) for a in local.read_approvals(tmp_path, candidate=D)) == [
+        ("carol", ""), ("dave", D)]
+
+
 def test_a_file_moved_to_another_checksum_binds_to_nothing(tmp_path: Path) -> None:
     path = local.write_approval(tmp_path, C, "carol")
     moved = tmp_path / "approvals" / D / "carol.json"
