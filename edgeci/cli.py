@@ -37,7 +37,23 @@ def _version() -> str:
     return f"edgeci {__version__}"
 
 
-def build_parser() -> Any:
+def _command_of(args: list[str]) -> str | None:
+    """The command word in argv (skipping global options and their values), or None."""
+    takes_value = {"--config", "-c", "--set"}
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in takes_value:
+            skip = True
+        elif not a.startswith("-"):
+            return a if a in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> Any:
+    """The argument parser; with `only`, just that command's module is imported (start-up time: every
+    stage runs as its own process in CI), otherwise all of them, for the full help and usage errors."""
     import argparse
     import importlib
 
@@ -57,6 +73,8 @@ def build_parser() -> Any:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, parents=[common], help=module.HELP, description=module.HELP)
         module.add_arguments(p)
@@ -97,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     root.propagate = False
 
-    parser = build_parser()
+    parser = build_parser(_command_of(args_list))
     try:
         args = parser.parse_args(args_list)
     except SystemExit as e:  # argparse: --help exits 0, usage errors exit 2

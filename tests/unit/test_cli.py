@@ -206,3 +206,15 @@ def test_production_version_from_a_recorded_promotion(project: Path, capsys) -> 
     rec.save()
     code, out, _ = main(capsys, "lint")
     assert code == 1 and "[production-version] version 1.0.0 is not higher than production's 1.0.0" in out
+
+
+def test_only_the_named_commands_module_is_imported_for_a_stage_run() -> None:
+    from edgeci import cli
+
+    assert cli._command_of(["--config", "lint", "--set", "a=b", "record", "show", "x"]) == "record"
+    assert cli._command_of(["--debug", "-c", "x.yaml", "boot-test", "gateway"]) == "boot-test"
+    assert cli._command_of(["--version"]) is None and cli._command_of(["nosuch"]) is None
+    parser = cli.build_parser("record")
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert list(sub.choices) == ["record"]
+    assert list(next(a for a in cli.build_parser()._actions if a.dest == "command").choices) == list(cli.COMMANDS)
