@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from edgeci.stageserver import RepoHandler
+
 
 def timed(fn: Callable[[], object], runs: int = 1) -> list[float]:
     out = []
@@ -37,7 +39,7 @@ def result(name: str, value: float, target: float, unit: str, *, lower_is_better
     return ok
 
 
-class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+class _CountingHandler(RepoHandler):
     counter: list[int]
 
     def log_message(self, format: str, *args: object) -> None:  # quiet

@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 from _util import median, result  # noqa: E402
 
 from edgeci.record import BuildRecord  # noqa: E402
+from edgeci.stageserver import RepoHandler  # noqa: E402
 from edgeci.tools import ostree  # noqa: E402
 from edgeci.tools.run import run  # noqa: E402
 
@@ -46,7 +47,7 @@ WORDS = ["kernel", "systemd", "glibc", "openssl", "podman", "ostree", "greenboot
          "firewall", "selinux", "policy", "journal", "device", "update", "rollback", "version", "package"]
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
+class _Quiet(RepoHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 

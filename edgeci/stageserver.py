@@ -24,6 +24,10 @@ class RepoHandler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def send_head(self) -> Any:
+        # http.server answers If-Modified-Since with 304 at one-second resolution: a summary rewritten in the
+        # same second as the client's cached copy would look unchanged, and the client would resolve refs
+        # from the stale one. ostree repos are small metadata plus immutable objects: always send the file.
+        del self.headers["If-Modified-Since"]
         root = os.path.realpath(self.directory)
         real = os.path.realpath(self.translate_path(self.path))
         if real != root and not real.startswith(root + os.sep):
