@@ -10,7 +10,7 @@ STAMP = .deps
 demo: deps
 	PYTHON=$(PYTHON) scripts/demo.sh
 
-test: deps npm
+test: deps npm lint
 	$(PYTHON) -m pytest -q tests
 
 lint: deps
