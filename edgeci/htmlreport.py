@@ -81,13 +81,14 @@ def _delta_chart(delta: int | None, full: int | None) -> str:
     width = 420
     d_w = max(2, round(width * min(delta, full) / full))
     pct = 100.0 * delta / full
+    shown = f"{pct:.2f}%" if pct < 1 else f"{pct:.1f}%"
     return (
-        f'<svg role="img" aria-label="delta {pct:.1f}% of full" width="{width + 160}" height="64" '
+        f'<svg role="img" aria-label="delta {shown} of full" width="{width + 160}" height="64" '
         f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="12">'
         f'<text x="0" y="16">full pull</text><rect x="80" y="4" width="{width}" height="16" fill="#9aa5b1"/>'
         f'<text x="{80 + width + 6}" y="16">{_esc(_fmt_bytes(full))}</text>'
         f'<text x="0" y="44">delta</text><rect x="80" y="32" width="{d_w}" height="16" fill="#2f7d32"/>'
-        f'<text x="{80 + d_w + 6}" y="44">{_esc(_fmt_bytes(delta))} ({pct:.1f}%)</text></svg>'
+        f'<text x="{80 + d_w + 6}" y="44">{_esc(_fmt_bytes(delta))} ({shown})</text></svg>'
     )
 
 
@@ -145,7 +146,8 @@ def render_html(d: ReportData) -> str:
     scenarios = d.boot_test.get("scenarios", {}) if d.boot_test else {}
     if not scenarios:
         add("<p class=\"muted\">No boot test has run for this candidate.</p>")
-    for name, sc in scenarios.items():
+    order = ["install", "upgrade", "rollback"]
+    for name, sc in sorted(scenarios.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         outcome = sc.get("outcome", "")
         add(f"<h3>{_esc(name)} <span class=\"badge {_esc(outcome)}\">{_esc(outcome)}</span></h3>")
         if sc.get("reason"):
