@@ -59,7 +59,8 @@ def _first_pending(record: BuildRecord | None) -> int:
     return len(STAGES)
 
 
-def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str], rebuild: bool) -> list[str]:
+def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str], rebuild: bool,
+          served_prod: str = "") -> list[str]:
     extra = ["--rebuild"] if rebuild else []
     if stage == "lint":
         from edgeci.stages.common import blueprint_path
@@ -70,6 +71,7 @@ def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str],
         from edgeci.stages.common import production_url
 
         url = production_url(cfg, name, arch)
+        url = served_prod if url and served_prod else url  # the same repo, over HTTP
         return [*argv, "--url", url] if url else argv
     if stage == "stage":
         return [*config_args, "stage", cfg.stage.mode, name, "--arch", arch]
@@ -84,10 +86,8 @@ def _stage_server_running(record: BuildRecord | None) -> bool:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from edgeci.cli import main
     from edgeci.errors import BlueprintError
-    from edgeci.record import BuildRecord
-    from edgeci.stages.common import record_file
+    from edgeci.stage import StageServer
     from edgeci.ui import say
 
     names = args.blueprints or sorted(p.stem for p in cfg.blueprints_dir.glob("*.toml"))
@@ -98,6 +98,23 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     config_args = ["--config", cfg.source] if cfg_file else []
     for pair in getattr(args, "set", None) or []:
         config_args += ["--set", pair]
+    prod_repo = cfg.path(cfg.prod.repo)
+    if cfg.prod.url or not (prod_repo / "config").is_file():
+        return _run_all(args, cfg, names, config_args, "")
+    # The embedded default: production is a directory here. Serve it on 127.0.0.1 for this run, so that
+    # compose takes its parent and the boot test's devices upgrade over HTTP, as they would from the real one.
+    with StageServer(prod_repo) as server:
+        say(f"production repo {prod_repo} served at {server.url} for this run (pid {server.pid})")
+        return _run_all(args, cfg, names, config_args, server.url)
+
+
+def _run_all(args: argparse.Namespace, cfg: Config, names: list[str], config_args: list[str],
+             served_prod: str) -> int:
+    """Every blueprint × arch through the stages; `served_prod` is production's URL when this run serves it."""
+    from edgeci.cli import main
+    from edgeci.record import BuildRecord
+    from edgeci.stages.common import record_file
+    from edgeci.ui import say
     last = [s for s, _ in STAGES].index(args.until) if args.until else len(STAGES) - 1
     worst = 0
     started = time.monotonic()
@@ -118,7 +135,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 stage, _ = STAGES[i]
                 t0 = time.monotonic()
                 say(f"==> {stage} {name}/{arch}")
-                code = main(_argv(stage, cfg, name, arch, config_args, args.rebuild))
+                reads_prod = served_prod and stage in ("compose", "boot-test")
+                extra = ["--set", f"prod.url={served_prod}"] if reads_prod else []
+                code = main(_argv(stage, cfg, name, arch, [*config_args, *extra], args.rebuild, served_prod))
                 took = time.monotonic() - t0
                 verdict = "passed" if code == 0 else ("failed" if code == 1 else "error")
                 if stage == "gate" and code == 1:
@@ -129,6 +148,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             if code == 0 and last == len(STAGES) - 1 and cfg.stage.mode == "serve":
                 main([*config_args, "stage", "stop", name, "--arch", arch])
             elif code == 1 and i < len(STAGES) and STAGES[i][0] == "gate":
+                cfg_file = cfg.source != "(embedded default)"
                 plain = " ".join(["edgeci", *(["--config", shlex.quote(cfg.source)] if cfg_file else [])])
                 full = " ".join(["edgeci", *map(shlex.quote, config_args)])
                 say(f"{name}/{arch} is waiting for approval. Approve the tested commit as someone other "
