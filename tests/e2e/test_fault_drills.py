@@ -11,13 +11,9 @@ and boot-tested with the sysroot backend) and copy it per drill.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
-import select
 import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +32,7 @@ from tests.fixtures.drills import (
     junit_failed,
     junit_problem,
 )
+from tests.fixtures.promote import kill_group, wait_for
 from tests.fixtures.registry import FaultProxy, Registry
 from tests.fixtures.weldr_server import EdgeArtifacts
 
@@ -278,31 +275,6 @@ def test_self_approval_is_denied_promote_refuses_and_production_is_unchanged(
 
 # -- 6. SIGKILL during promote -------------------------------------------------------------------------
 
-def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 120) -> str:
-    """The child's stdout up to `marker` (fails with what it printed when the marker never comes)."""
-    assert proc.stdout is not None
-    fd, buf, end = proc.stdout.fileno(), "", time.monotonic() + timeout
-    while time.monotonic() < end:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            buf += chunk.decode(errors="replace")
-            if marker in buf:
-                return buf
-    raise AssertionError(f"{marker!r} never appeared; stdout:\n{buf}\nexit {proc.poll()}")
-
-
-def kill_group(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL the whole process group (edgeci and its ostree children), as a CI runner cancelling a job."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.communicate(timeout=30)
-
-
 def test_sigkill_during_promote_leaves_old_or_new_and_a_rerun_converges(
         drill_project: DrillProject, drill_release: DrillRelease) -> None:
     p = drill_project
@@ -316,7 +288,7 @@ def test_sigkill_during_promote_leaves_old_or_new_and_a_rerun_converges(
     for spot, expected in (("deltas", old), ("after-ref", new)):
         proc = p.spawn("promote", BP, env={"EDGECI_TEST_PAUSE_AT": spot})
         try:
-            out = read_until(proc, f"edgeci-test: paused at {spot}")
+            out = wait_for(proc, f"edgeci-test: paused at {spot}")
         finally:
             kill_group(proc)
         assert proc.returncode == -signal.SIGKILL

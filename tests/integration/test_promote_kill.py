@@ -9,12 +9,8 @@ never dangling or partial, fsck passes, and running promote again converges to e
 
 from __future__ import annotations
 
-import os
 import random
-import select
 import shutil
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +19,7 @@ import pytest
 
 from edgeci.promote import STEPS
 from edgeci.tools import ostree
-from tests.fixtures.promote import PROMOTE_BP, PromoteLab
+from tests.fixtures.promote import PROMOTE_BP, PromoteLab, kill_group, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,32 +33,6 @@ class Snapshot:
     record: Path
     old: str  # production before the promotion
     new: str  # the approved candidate
-
-
-def wait_for(p: subprocess.Popen[str], marker: str, timeout: float = 120) -> str:
-    """Read the child's stdout until `marker` appears (or fail with what it printed)."""
-    assert p.stdout is not None
-    fd = p.stdout.fileno()
-    buf = ""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            buf += chunk.decode(errors="replace")
-            if marker in buf:
-                return buf
-    raise AssertionError(f"'{marker}' never appeared; stdout:\n{buf}\nexit {p.poll()}")
-
-
-def kill_group(p: subprocess.Popen[str]) -> None:
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    p.communicate(timeout=30)
 
 
 def prepare(lab: PromoteLab) -> Snapshot:
