@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edgeci.composer.base import ComposeRequest, ComposeState, ComposeStatus, ProgressFn
+from edgeci.composer.base import ComposeRequest, ComposeState, ComposeStatus, ProgressFn, wait_compose
 from edgeci.config import Config
 from edgeci.errors import BlueprintError, ComposerError, EdgeCIError, ToolError
 from edgeci.record import atomic_write_text
@@ -211,18 +211,10 @@ class LocalComposer:
         return True
 
     def wait(self, compose_id: str, *, deadline: float, progress: ProgressFn | None = None) -> ComposeStatus:
-        from edgeci.wait import Waiting
-
-        def check() -> tuple[str, ComposeStatus | None]:
-            st = self.status(compose_id)
-            text = st.state.value + (f" ({st.detail})" if st.detail and not st.state.done else "")
-            return text, (st if st.state.done else None)
-
-        t0 = time.monotonic()
-        result: ComposeStatus = Waiting[ComposeStatus](deadline=deadline, interval=0.1, backoff=1.5, max_interval=1.0,
-                                        progress=progress).wait(check, what=f"compose {compose_id}")
-        if progress:
-            progress(result.state.value, time.monotonic() - t0)
+        result = wait_compose(
+            self.status, compose_id, deadline=deadline, interval=0.1, max_interval=1.0, progress=progress,
+            state_text=lambda st: st.state.value + (f" ({st.detail})" if st.detail and not st.state.done else ""),
+            final_progress=True)
         error = self._read(compose_id, "status.json").get("error")
         if result.state is ComposeState.FAILED and error:
             raise ComposerError(error["message"], fix=error.get("fix"),

@@ -40,9 +40,11 @@ from edgeci.composer.base import (
     Composer,
     ComposeRequest,
     ComposeResult,
+    ComposerUnreachable,
     ComposeState,
     ComposeStatus,
     ProgressFn,
+    wait_compose,
 )
 from edgeci.errors import EXIT_FAILED, BlueprintError, ComposeFailed, ComposerError, ConfigError
 from edgeci.wait import Waiting, WaitTimeout
@@ -65,10 +67,6 @@ WELDR_FIX = ("start osbuild-composer (systemctl enable --now osbuild-composer.so
 
 
 # -- errors ---------------------------------------------------------------------------------------
-
-class ComposerUnreachable(ComposerError):
-    """The server cannot be reached (not listening, restarting, socket missing)."""
-
 
 class WeldrAPIError(ComposerError):
     """The server answered a request with {"status": false, "errors": [{"id", "msg"}]} or an HTTP error."""
@@ -168,10 +166,6 @@ def filename_from_disposition(value: str) -> str | None:
 
 class _Incomplete(Exception):
     pass
-
-
-class _Unreachable(Exception):
-    """A short "server down" reason for the wait loop's progress line (retried until the deadline)."""
 
 
 def stream_to_file(
@@ -700,19 +694,10 @@ class WeldrComposer:
              progress: ProgressFn | None = None) -> ComposeStatus:
         """Poll compose/status until FINISHED or FAILED: 10 s growing to 30 s, restarts retried."""
         c = self.cfg.composer
-        waiting: Waiting[ComposeStatus] = Waiting(
-            deadline=c.deadline if deadline is None else deadline, interval=c.poll_interval, backoff=1.5,
-            max_interval=c.poll_max_interval, progress=progress, retry_on=(_Unreachable,),
-            sleep=self._sleep, clock=self._clock)
-
-        def check() -> tuple[str, ComposeStatus | None]:
-            try:
-                st = self.status(compose_id)
-            except ComposerUnreachable:
-                raise _Unreachable(f"cannot connect to osbuild-composer at {self.where}") from None
-            return st.state.value, (st if st.state.done else None)
-
-        return waiting.wait(check, what=f"compose {compose_id}")
+        return wait_compose(self.status, compose_id, deadline=c.deadline if deadline is None else deadline,
+                            interval=c.poll_interval, max_interval=c.poll_max_interval, progress=progress,
+                            sleep=self._sleep, clock=self._clock,
+                            unreachable=lambda e: f"cannot connect to osbuild-composer at {self.where}")
 
     # -- results ---------------------------------------------------------------------------------
     def log_text(self, compose_id: str) -> str:
