@@ -174,8 +174,13 @@ def test_bad_request_reports_code_reason_and_details(cloud_server: CloudServer, 
     c.cfg.composer.repositories = [""]
     with pytest.raises(ComposerError) as e:
         c.start(request())
-    assert "HTTP 400" in str(e.value) and "IMAGE-BUILDER-COMPOSER-5: Invalid request body" in str(e.value)
-    assert "repositories must be a list of objects with baseurl" in str(e.value)
+    # errors.go: ErrorInvalidRepository (7) when a repository has none of baseurl, mirrorlist, metalink
+    assert "HTTP 400" in str(e.value)
+    assert "IMAGE-BUILDER-COMPOSER-7: Must specify baseurl, mirrorlist, or metalink" in str(e.value)
+    resp = c._send("POST", "/compose", json={"distribution": "rhel-9", "image_request": {}, "koji2": 1})
+    assert resp.status_code == 400
+    assert "IMAGE-BUILDER-COMPOSER-30: Request could not be validated (\"property koji2 is unsupported\")" in str(
+        c._error(resp, "POST", "/compose"))
 
 
 def test_artifact_only_on_s3_is_fetched_without_the_token(cloud_server: CloudServer, weldr_artifacts: EdgeArtifacts,

@@ -459,7 +459,10 @@ def test_first_build_without_production_ref_composes_without_url(weldr_server: W
     assert any("has no ref" in w for w in c.warnings)
 
 
-def test_parent_differing_from_production_is_warned(weldr_server: WeldrServer, tmp_path: Path) -> None:
+def test_parent_differing_from_production_is_warned(weldr_server: WeldrServer, weldr_prod_http: str,
+                                                    tmp_path: Path) -> None:
+    # composer resolves the parent through its own mirror of production, which still has the old tip
+    weldr_server.b.ostree_mirror = weldr_prod_http
     prod = tmp_path / "moved-prod"
     (prod / "refs/heads" / REF).parent.mkdir(parents=True)
     (prod / "refs/heads" / REF).write_text("a" * 64 + "\n")
