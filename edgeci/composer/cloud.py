@@ -4,14 +4,21 @@ On-premises it is reached over its unix socket (/run/cloudapi/api.socket) or HTT
 needs an OAuth2 access token, obtained with the refresh-token grant (composer.token_url,
 composer.client_id, the refresh/offline token in EDGECI_COMPOSER_TOKEN), refreshed once on a 401.
 Tokens are registered as secrets and never logged. The blueprint travels inline, converted from the
-TOML to the API's Blueprint object; keys the API does not define are dropped with a warning (the
-server would refuse the whole request otherwise).
+TOML to the API's Blueprint object: TOML spellings become the API's (tls-verify → tls_verify, a
+filesystem's size → minsize, integer sizes → the string form), values the schema would refuse are
+refused here with the blueprint's file:line, and keys the API does not define are dropped with a
+warning (the server would refuse the whole request otherwise).
+
+Image types and upload targets follow the published API (openapi.v2.yml's ImageTypes and UploadTypes
+enums, and imagerequest.go's targetSupportMap / getDefaultTarget): a pair composer would answer with
+400 ErrorInvalidUploadTarget (or a type its enum lacks) is refused before any request, naming the fix.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import tomllib
 from collections.abc import Callable
@@ -22,7 +29,15 @@ from urllib.parse import quote
 import requests
 
 from edgeci.composer import artifact as artifacts
-from edgeci.composer.base import Composer, ComposeRequest, ComposeResult, ComposeState, ComposeStatus, ProgressFn
+from edgeci.composer.base import (
+    Composer,
+    ComposeRequest,
+    ComposeResult,
+    ComposeState,
+    ComposeStatus,
+    ProgressFn,
+    wait_compose,
+)
 from edgeci.composer.weldr import (
     CONNECT_TIMEOUT,
     READ_TIMEOUT,
@@ -34,7 +49,6 @@ from edgeci.composer.weldr import (
 )
 from edgeci.errors import BlueprintError, ComposerError, ConfigError
 from edgeci.tools.run import register_secret
-from edgeci.wait import Waiting
 
 if TYPE_CHECKING:
     from edgeci.config import Config
@@ -46,14 +60,80 @@ CLOUD_SOCKET = "/run/cloudapi/api.socket"
 WELDR_SOCKET = "/run/weldr/api.socket"
 TOKEN_MARGIN = 30.0  # refresh this long before the access token expires
 
-# edgeci image type → Cloud API image_type (Fedora calls the edge types iot-*).
-IMAGE_TYPES = {
-    "edge-commit": ("edge-commit", "iot-commit"),
-    "edge-container": ("edge-container", "iot-container"),
-    "edge-installer": ("edge-installer", "iot-installer"),
-    "edge-simplified-installer": ("edge-simplified-installer", "iot-simplified-installer"),
-    "edge-raw-image": ("edge-raw-image", "iot-raw-image"),
+# edgeci image type → the Cloud API's image_type, per distro family (openapi.v2.yml, ImageTypes enum).
+# The enum has no edge-simplified-installer / edge-raw-image: RHEL's are not reachable through the Cloud
+# API (composer maps iot-simplified-installer / iot-raw-image to Fedora's image types only).
+IMAGE_TYPES: dict[str, dict[str, str | None]] = {
+    "edge-commit": {"rhel": "edge-commit", "fedora": "iot-commit"},
+    "edge-container": {"rhel": "edge-container", "fedora": "iot-container"},
+    "edge-installer": {"rhel": "edge-installer", "fedora": "iot-installer"},
+    "edge-simplified-installer": {"rhel": None, "fedora": "iot-simplified-installer"},
+    "edge-raw-image": {"rhel": None, "fedora": "iot-raw-image"},
 }
+# imagerequest.go targetSupportMap(), restricted to the image types above: upload_targets[].type → types.
+TARGET_SUPPORT: dict[str, frozenset[str]] = {
+    "local": frozenset({"edge-commit", "edge-container", "edge-installer", "iot-commit", "iot-installer",
+                        "iot-raw-image"}),
+    "aws.s3": frozenset({"edge-commit", "edge-installer", "iot-commit", "iot-installer", "iot-raw-image"}),
+    "container": frozenset({"edge-container", "iot-container"}),
+}
+# imagerequest.go getDefaultTarget(): the target top-level upload_options go to (no support-map check).
+DEFAULT_TARGET = {"edge-commit": "aws.s3", "edge-installer": "aws.s3", "iot-commit": "aws.s3",
+                  "iot-installer": "aws.s3", "iot-raw-image": "aws.s3", "iot-simplified-installer": "aws.s3",
+                  "edge-container": "container", "iot-container": "container"}
+
+
+def distro_family(distro: str) -> str:
+    """"fedora" for Fedora distributions (whose edge types are iot-*), "rhel" for RHEL and CentOS."""
+    return "fedora" if distro.startswith("fedora") else "rhel"
+
+
+def api_image_type(image_type: str, distro: str) -> str:
+    """The Cloud API image_type for an edgeci image type on a distro; ConfigError when there is none."""
+    names = IMAGE_TYPES.get(image_type)
+    if names is None:
+        raise ConfigError(f"image type '{image_type}' has no Cloud API equivalent",
+                          fix=f"use one of: {', '.join(IMAGE_TYPES)}")
+    api = names[distro_family(distro)]
+    if api is None:
+        raise ConfigError(f"the Cloud API cannot build {image_type} for {distro}: its ImageTypes have no such "
+                          f"RHEL type (only Fedora's {names['fedora']})", where="composer.backend",
+                          fix=f"compose {image_type} with composer.backend weldr (the Weldr API builds it), or "
+                              "compose an edge-commit/edge-installer through the Cloud API")
+    return api
+
+
+def upload_for(api_type: str, target: str, region: str) -> dict[str, Any]:
+    """The image_request keys that send the artifact where edgeci can download it from, or ConfigError.
+
+    "local" keeps it on the composer for GET /composes/{id}/download (upload_targets, checked against
+    targetSupportMap); "aws.s3" is the default target of the commit/installer types (upload_options),
+    handing back a presigned URL. A type whose only targets are elsewhere (a container registry) is
+    refused: edgeci could not download what it composed."""
+    if target == "local":
+        if api_type in TARGET_SUPPORT["local"]:
+            return {"upload_targets": [{"type": "local", "upload_options": {}}]}
+        others = sorted({t for t, types in TARGET_SUPPORT.items() if api_type in types}
+                        | ({DEFAULT_TARGET[api_type]} if api_type in DEFAULT_TARGET else set()))
+        fix = ("set composer.upload_target aws.s3 and composer.upload_region (composer uploads it to S3)"
+               if "aws.s3" in others else
+               "compose an edge-commit instead (Fedora's iot-commit can be kept locally), or use a RHEL "
+               "distro, whose edge-container composer keeps locally")
+        raise ConfigError(f"osbuild-composer cannot keep a {api_type} for download (upload target local); "
+                          f"its targets for {api_type}: {', '.join(others) or 'none'}",
+                          where="composer.upload_target", fix=fix)
+    if target == "aws.s3":
+        if DEFAULT_TARGET.get(api_type) != "aws.s3":
+            raise ConfigError(f"a {api_type} cannot be uploaded to S3 (composer pushes it to a container registry)",
+                              where="composer.upload_target",
+                              fix="compose an edge-commit, or use upload_target local with an on-premises composer")
+        if not region:
+            raise ConfigError("upload_target aws.s3 needs a region", where="composer.upload_region",
+                              fix="set composer.upload_region, e.g. us-east-1")
+        return {"upload_options": {"region": region}}
+    raise ConfigError(f"'{target}' is not an upload target edgeci can download from",
+                      where="composer.upload_target", fix="use local or aws.s3")
+
 
 # The Cloud API's Blueprint object (openapi.v2.yml), additionalProperties: false at every level listed.
 _ITEMS = {
@@ -63,6 +143,8 @@ _ITEMS = {
     "groups": {"name"},
     "containers": {"source", "name", "tls_verify"},
 }
+# TOML spellings of blueprint keys → the Cloud API's (osbuild-composer's blueprint TOML vs openapi.v2.yml).
+_RENAMES = {"containers": {"tls-verify": "tls_verify"}}
 _CUSTOMIZATIONS: dict[str, set[str] | None] = {  # None: a scalar or free-form value
     "hostname": None, "installation_device": None, "partitioning_mode": None, "fips": None,
     "kernel": {"name", "append"},
@@ -82,15 +164,20 @@ _CUSTOMIZATIONS: dict[str, set[str] | None] = {  # None: a scalar or free-form v
                      "gpgcheck", "repo_gpgcheck", "sslverify", "filename", "module_hotfixes"},
 }
 _TOP = {"name", "description", "version", "distro", *_ITEMS, "customizations"}
+# Ignition, IgnitionEmbedded, IgnitionFirstboot: additionalProperties false.
+_IGNITION = {"embedded": ("config",), "firstboot": ("url",)}
+_PARTITIONING_MODES = ("raw", "lvm", "auto-lvm")
 
 
-def _pick(value: Any, allowed: set[str], where: str, warnings: list[str]) -> Any:
+def _pick(value: Any, allowed: set[str], where: str, warnings: list[str],
+          renames: dict[str, str] | None = None) -> Any:
     if isinstance(value, list):
-        return [_pick(v, allowed, f"{where}[{i}]", warnings) for i, v in enumerate(value)]
+        return [_pick(v, allowed, f"{where}[{i}]", warnings, renames) for i, v in enumerate(value)]
     if not isinstance(value, dict):
         return value
     out = {}
     for k, v in value.items():
+        k = (renames or {}).get(k, k)
         if k in allowed:
             out[k] = v
         else:
@@ -108,25 +195,145 @@ def _prune(value: Any) -> Any:
     return value
 
 
-def blueprint_to_cloud(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A blueprint (parsed TOML) as the Cloud API's Blueprint object, and what had to be dropped."""
+class _Source:
+    """The blueprint's TOML text, to point an error at file:line."""
+
+    def __init__(self, text: str, filename: str) -> None:
+        self.lines = text.splitlines()
+        self.filename = filename
+
+    def where(self, table: str, key: str | None = None, nth: int = 0) -> str:
+        """file:line of `key` in the nth [table] / [[table]] (or of the table header without a key)."""
+        header = re.compile(r"^\s*\[\[?\s*" + re.escape(table) + r"\s*\]\]?\s*(#.*)?$")
+        seen = -1
+        for i, line in enumerate(self.lines):
+            if not header.match(line):
+                continue
+            seen += 1
+            if seen != nth:
+                continue
+            if key is None:
+                return f"{self.filename}:{i + 1}"
+            for j in range(i + 1, len(self.lines)):
+                if re.match(r"^\s*\[", self.lines[j]):
+                    break
+                if re.match(r"^\s*[\"']?" + re.escape(key) + r"[\"']?\s*=", self.lines[j]):
+                    return f"{self.filename}:{j + 1}"
+            return f"{self.filename}:{i + 1}"
+        return self.filename
+
+
+def _size(value: Any, where: str) -> str:
+    """A minsize as the API's string form (openapi.v2.yml "minsize": a string, "size with data units").
+
+    An integer is bytes (composer parses a unit-less number as bytes); a string passes unchanged."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or (isinstance(value, int) and value < 0):
+        raise BlueprintError(f"a size must be a number of bytes or a string like \"2 GiB\", not {value!r}",
+                             where=where, fix='write minsize = 2147483648 or minsize = "2 GiB"')
+    return str(value) if isinstance(value, int) else value
+
+
+def _filesystems(value: Any, src: _Source) -> list[dict[str, Any]]:
+    """[[customizations.filesystem]] as BlueprintFilesystem: mountpoint and minsize (string) both required;
+    the TOML's `size` (composer's older spelling) becomes minsize."""
+    out = []
+    for i, fs in enumerate(value if isinstance(value, list) else [value]):
+        where = src.where("customizations.filesystem", None, i)
+        if not isinstance(fs, dict):
+            raise BlueprintError("a [[customizations.filesystem]] entry must be a table", where=where,
+                                 fix="run 'edgeci lint'")
+        extra = set(fs) - {"mountpoint", "minsize", "size"}
+        if extra:
+            key = sorted(extra)[0]
+            raise BlueprintError(f"customizations.filesystem has no key '{key}' (the Cloud API refuses it)",
+                                 where=src.where("customizations.filesystem", key, i),
+                                 fix="keep mountpoint and minsize only")
+        if "minsize" in fs and "size" in fs:
+            raise BlueprintError("customizations.filesystem sets both size and minsize",
+                                 where=src.where("customizations.filesystem", "size", i), fix="keep minsize only")
+        size = fs.get("minsize", fs.get("size"))
+        if not fs.get("mountpoint") or size is None:
+            raise BlueprintError("a customizations.filesystem entry needs mountpoint and minsize (the Cloud API "
+                                 "requires both)", where=where, fix='add e.g. minsize = "2 GiB"')
+        key = "minsize" if "minsize" in fs else "size"
+        out.append({"mountpoint": fs["mountpoint"],
+                    "minsize": _size(size, src.where("customizations.filesystem", key, i))})
+    return out
+
+
+def _disk_sizes(value: Any, src: _Source, path: str = "customizations.disk") -> Any:
+    """customizations.disk with every minsize (disk, partitions, logical volumes) in the string form."""
+    if isinstance(value, list):
+        return [_disk_sizes(v, src, path) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {k: (_size(v, src.where(path, k)) if k == "minsize" else _disk_sizes(v, src, f"{path}.{k}"))
+            for k, v in value.items()}
+
+
+def _ignition(value: Any, src: _Source) -> dict[str, Any]:
+    """customizations.ignition: embedded {config} and firstboot {url}, nothing else (the schema refuses it)."""
+    if not isinstance(value, dict):
+        raise BlueprintError("customizations.ignition must be a table", where=src.where("customizations.ignition"),
+                             fix="run 'edgeci lint'")
+    out: dict[str, Any] = {}
+    for part, item in value.items():
+        table = f"customizations.ignition.{part}"
+        if part not in _IGNITION:
+            raise BlueprintError(f"customizations.ignition has no '{part}' (the Cloud API knows embedded and "
+                                 "firstboot)", where=src.where("customizations.ignition", part)
+                                 if src.where(table) == src.filename else src.where(table),
+                                 fix="remove it, or use ignition.embedded.config / ignition.firstboot.url")
+        if not isinstance(item, dict):
+            raise BlueprintError(f"{table} must be a table", where=src.where(table), fix="run 'edgeci lint'")
+        (required,) = _IGNITION[part]
+        for key in item:
+            if key != required:
+                raise BlueprintError(f"{table} has no key '{key}': the Cloud API's Ignition{part.capitalize()} "
+                                     f"takes only '{required}'", where=src.where(table, key),
+                                     fix=f"remove '{key}' (put it in the Ignition config the {required} points at)")
+        if not isinstance(item.get(required), str) or not item[required]:
+            raise BlueprintError(f"{table} needs '{required}' (a string)", where=src.where(table),
+                                 fix=f"set {required} = \"…\"")
+        out[part] = {required: item[required]}
+    return out
+
+
+def blueprint_to_cloud(data: dict[str, Any], text: str = "",
+                       filename: str = "blueprint.toml") -> tuple[dict[str, Any], list[str]]:
+    """A blueprint (parsed TOML) as the Cloud API's Blueprint object, and what had to be dropped.
+
+    `text` (the TOML as written) lets a refused value point at its file:line."""
+    src = _Source(text, filename)
     warnings: list[str] = []
     out: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _TOP:
             warnings.append(f"blueprint key '{key}' is not in the Cloud API's blueprint: dropped")
         elif key in _ITEMS:
-            out[key] = _pick(value, _ITEMS[key], key, warnings)
+            out[key] = _pick(value, _ITEMS[key], key, warnings, _RENAMES.get(key))
         elif key == "customizations":
             if not isinstance(value, dict):
-                raise BlueprintError("'customizations' must be a table", fix="run 'edgeci lint'")
-            cust = {}
+                raise BlueprintError("'customizations' must be a table", where=src.where("customizations"),
+                                     fix="run 'edgeci lint'")
+            cust: dict[str, Any] = {}
             for ck, cv in value.items():
                 if ck not in _CUSTOMIZATIONS:
                     warnings.append(f"blueprint key 'customizations.{ck}' is not in the Cloud API's blueprint: dropped")
                     continue
-                allowed = _CUSTOMIZATIONS[ck]
-                cust[ck] = cv if allowed is None else _pick(cv, allowed, f"customizations.{ck}", warnings)
+                if ck == "filesystem":
+                    cust[ck] = _filesystems(cv, src)
+                elif ck == "disk":
+                    cust[ck] = _disk_sizes(cv, src)
+                elif ck == "ignition":
+                    cust[ck] = _ignition(cv, src)
+                elif ck == "partitioning_mode" and cv not in _PARTITIONING_MODES:
+                    raise BlueprintError(f"partitioning_mode '{cv}' is not one of {', '.join(_PARTITIONING_MODES)}",
+                                         where=src.where("customizations", "partitioning_mode"),
+                                         fix="use raw, lvm or auto-lvm")
+                else:
+                    allowed = _CUSTOMIZATIONS[ck]
+                    cust[ck] = cv if allowed is None else _pick(cv, allowed, f"customizations.{ck}", warnings)
             out["customizations"] = cust
         else:
             out[key] = value
@@ -306,7 +513,7 @@ class CloudComposer:
         if data.get("name") != name:
             raise BlueprintError(f"the blueprint's name is '{data.get('name')}', not '{name}'",
                                  fix="make the file name and the name key agree")
-        bp, warnings = blueprint_to_cloud(data)
+        bp, warnings = blueprint_to_cloud(data, toml_text, f"{name}.toml")
         self.warnings += warnings
         self._blueprints[name] = bp
 
@@ -316,11 +523,8 @@ class CloudComposer:
         if name not in self._blueprints:
             self.push_blueprint(name, request.blueprint_toml)
         distro = request.distro or self.cfg.distro(name)
-        names = IMAGE_TYPES.get(request.image_type)
-        if names is None:
-            raise ConfigError(f"image type '{request.image_type}' has no Cloud API equivalent",
-                              fix=f"use one of: {', '.join(IMAGE_TYPES)}")
-        image_type = names[1] if distro.startswith("fedora") else names[0]
+        image_type = api_image_type(request.image_type, distro)
+        upload = upload_for(image_type, self.cfg.composer.upload_target, self.cfg.composer.upload_region)
         repos = self.cfg.composer.repositories
         if not repos:
             raise ConfigError("composer.repositories is empty; the Cloud API builds only from the RPM "
@@ -349,27 +553,8 @@ class CloudComposer:
         }
         if request.size or self.cfg.composer.size:
             image_request["size"] = int(request.size or self.cfg.composer.size)
-        image_request.update(self._upload(image_type))
+        image_request.update(upload)
         return {"distribution": distro, "image_request": image_request, "blueprint": self._blueprints[name]}
-
-    def _upload(self, image_type: str) -> dict[str, Any]:
-        """Where composer puts the artifact. Without a target nothing is downloadable: "local" keeps it on
-        the composer for GET /composes/{id}/download; "aws.s3" (the hosted service's default for commits)
-        hands back a presigned URL."""
-        target = self.cfg.composer.upload_target
-        if target == "local":
-            return {"upload_targets": [{"type": "local", "upload_options": {}}]}
-        if target == "aws.s3":
-            if image_type.endswith("-container"):
-                raise ConfigError("an edge-container cannot be uploaded to S3 (composer pushes it to a registry)",
-                                  where="composer.upload_target",
-                                  fix="compose an edge-commit, or use upload_target local with an on-premises composer")
-            if not self.cfg.composer.upload_region:
-                raise ConfigError("upload_target aws.s3 needs a region", where="composer.upload_region",
-                                  fix="set composer.upload_region, e.g. us-east-1")
-            return {"upload_options": {"region": self.cfg.composer.upload_region}}
-        raise ConfigError(f"'{target}' is not an upload target edgeci can download from",
-                          where="composer.upload_target", fix="use local or aws.s3")
 
     def start(self, request: ComposeRequest) -> str:
         body = self.compose_body(request)
@@ -413,17 +598,12 @@ class CloudComposer:
     def wait(self, compose_id: str, *, deadline: float | None = None,
              progress: ProgressFn | None = None) -> ComposeStatus:
         c = self.cfg.composer
-        waiting: Waiting[ComposeStatus] = Waiting(
-            deadline=c.deadline if deadline is None else deadline, interval=c.poll_interval, backoff=1.5,
-            max_interval=c.poll_max_interval, progress=progress, retry_on=(ComposerUnreachable,),
-            sleep=self._sleep, clock=self._clock)
-
-        def check() -> tuple[str, ComposeStatus | None]:
-            st = self.status(compose_id)
-            text = st.state.value + (f" ({st.detail})" if st.detail and st.state is ComposeState.RUNNING else "")
-            return text, (st if st.state.done else None)
-
-        return waiting.wait(check, what=f"compose {compose_id}")
+        return wait_compose(
+            self.status, compose_id, deadline=c.deadline if deadline is None else deadline,
+            interval=c.poll_interval, max_interval=c.poll_max_interval, progress=progress,
+            sleep=self._sleep, clock=self._clock, unreachable=str,
+            state_text=lambda st: st.state.value + (f" ({st.detail})" if st.detail and st.state is
+                                                    ComposeState.RUNNING else ""))
 
     def logs(self, compose_id: str) -> str:
         body = self._json("GET", f"/composes/{quote(compose_id)}/logs")
@@ -450,9 +630,9 @@ class CloudComposer:
                 pkg["epoch"] = str(p["epoch"])
             packages.append(pkg)
         commit = str(meta.get("ostree_commit") or "")
-        out: dict[str, Any] = {"id": compose_id, "packages": packages, "commit": commit, "parent": "", "ref": "",
-                               "warnings": list(self.warnings)}
         req = self._requests.get(compose_id)
+        out: dict[str, Any] = {"id": compose_id, "packages": packages, "commit": commit, "parent": "", "ref": "",
+                               "version": self._version(req, meta), "warnings": list(self.warnings)}
         if compose_id in self._downloads and req is not None and req.image_type in ("edge-commit", "edge-container"):
             path = self._downloads[compose_id][0]
             art = artifacts.inspect(path, req.image_type, ref=req.ref or None)
@@ -517,7 +697,18 @@ class CloudComposer:
         return ComposeResult(id=compose_id, image_type=request.image_type, artifact=path,
                              sha256=self.sha256(compose_id), commit=info["commit"], ref=info["ref"] or request.ref,
                              parent=info["parent"] if info["ref"] else request.parent, packages=info["packages"],
-                             warnings=info["warnings"])
+                             version=info["version"], warnings=info["warnings"])
+
+    @staticmethod
+    def _version(req: ComposeRequest | None, meta: dict[str, Any]) -> str:
+        """The release version: the blueprint's as composed (the metadata's request, else the request's),
+        never the commit's "version" metadata (osbuild stamps the OS release there)."""
+        bp = ((meta.get("request") or {}).get("blueprint") or {}) if isinstance(meta.get("request"), dict) else {}
+        if isinstance(bp, dict) and bp.get("version"):
+            return str(bp["version"])
+        if req is None:
+            return ""
+        return req.blueprint_version or str(tomllib.loads(req.blueprint_toml).get("version") or "")
 
     def delete(self, compose_id: str) -> None:
         self._json("DELETE", f"/composes/{quote(compose_id)}")
