@@ -2,9 +2,13 @@
 
 Reads an edge-commit tar (repo/ + compose.json with "ostree-commit") or an edge-container OCI
 archive (the repo inside a layer, at usr/share/nginx/html/repo) in one streaming pass, without
-extracting the repository. The parent and the version come from the commit object itself, copied
-alone into a scratch repository where `ostree rev-parse COMMIT^` reads it — so a multi-gigabyte
+extracting the repository. The parent and the "version" metadata come from the commit object itself,
+copied alone into a scratch repository where `ostree rev-parse COMMIT^` reads it — so a multi-gigabyte
 artifact costs one read, not an extraction. Any backend (weldr, cloud, local) can use it.
+
+Image Builder's osbuild stamps a commit's "version" with the OS release (os-release VERSION_ID, e.g.
+"9.4"), not the blueprint's version: `os_version` is that, and never a release version. The release
+version is the blueprint's, as composed (ComposeResult.version).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ class ArtifactInfo:
     commit: str
     ref: str
     parent: str = ""  # "" when the commit has none
-    version: str = ""  # the commit's "version" metadata, "" when absent
+    os_version: str = ""  # the commit's "version" metadata (osbuild: the OS release, e.g. 9.4), "" when absent
     compose: dict[str, Any] | None = None  # compose.json of an edge-commit
 
 
@@ -153,7 +157,7 @@ def scan_artifact(path: str | os.PathLike[str]) -> tuple[str, _Scan]:
 
 
 def inspect(path: str | os.PathLike[str], image_type: str | None = None, ref: str | None = None) -> ArtifactInfo:
-    """The commit an edge-commit / edge-container artifact carries, with its parent and version.
+    """The commit an edge-commit / edge-container artifact carries, with its parent and OS version.
 
     `ref` picks the ref when the repository has several (the compose request's ref); without it the
     repository must hold exactly one, or compose.json must name the commit.

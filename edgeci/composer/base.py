@@ -175,7 +175,7 @@ def wait_compose(
 _ERROR_PATTERNS = [
     re.compile(r"^\s*(?:error|ERROR|Error)\b[:\s].*\S"),
     re.compile(r"^\s*(?:FATAL|Fatal|fatal)\b[:\s].*\S"),
-    re.compile(r"\b(?:Traceback \(most recent call last\)|Exception|failed|FAILED|Failed)\b.*\S"),
+    re.compile(r"\b(?:Traceback \(most recent call last\)|Exception|failed|FAILED|Failed)\b"),
 ]
 
 

@@ -829,6 +829,9 @@ class WeldrComposer:
             "parent": art.parent if art else "",
             "ref": art.ref if art else "",
             "warnings": warnings,
+            # the release version: the blueprint's as composed (compose/info carries it); never the commit's
+            # "version" metadata, which osbuild stamps with the OS release
+            "version": str((body.get("blueprint") or {}).get("version") or (req.blueprint_version if req else "")),
             "compose_type": body.get("compose_type", ""),
             "queue_status": body.get("queue_status", ""),
             "blueprint": body.get("blueprint") or {},
@@ -844,7 +847,8 @@ class WeldrComposer:
         return ComposeResult(
             id=compose_id, image_type=request.image_type, artifact=path, sha256=sha,
             commit=art.commit if art else "", ref=art.ref if art else request.ref,
-            parent=art.parent if art else request.parent, packages=info["packages"], warnings=info["warnings"])
+            parent=art.parent if art else request.parent, packages=info["packages"], version=info["version"],
+            warnings=info["warnings"])
 
     def cancel(self, compose_id: str) -> None:
         self._json("DELETE", f"{API}/compose/cancel/{quote(compose_id)}")
