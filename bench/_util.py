@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from edgeci.stageserver import RepoHandler
+from edgeci.reposerver import RepoHandler
 
 
 def timed(fn: Callable[[], object], runs: int = 1) -> list[float]:

@@ -1,7 +1,7 @@
 """Client update bytes through a static delta against a full pull: ~1 % of a 5,000-file tree changes.
 
 Production is an archive repo with the delta edgeci promote generates (from the previous release);
-the client is a bare-user repo (only those use deltas, LAB.md) pulling over HTTP on 127.0.0.1.
+the client is a bare-user repo (only those use deltas, docs/lab.md) pulling over HTTP on 127.0.0.1.
 Bytes are counted at the server. Target: the update is at most 5 % of a full pull.
 """
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 from _util import median, result  # noqa: E402
 
 from edgeci.record import BuildRecord  # noqa: E402
-from edgeci.stageserver import RepoHandler  # noqa: E402
+from edgeci.reposerver import RepoHandler  # noqa: E402
 from edgeci.tools import ostree  # noqa: E402
 from edgeci.tools.run import run  # noqa: E402
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeci.errors import BlueprintError
+from edgeci.version import compare_versions, next_patch, parse_semver
 
 if TYPE_CHECKING:
     from edgeci.config import Config
@@ -119,12 +120,6 @@ RULES: dict[str, str] = {
 }
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-# semver.org 2.0.0, as osbuild-composer (coreos/go-semver) requires: MAJOR.MINOR.PATCH[-pre][+build]
-SEMVER_RE = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
-    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
-)
 MODE_RE = re.compile(r"^0?[0-7]{3}$")  # osbuild's validateModeString
 
 
@@ -264,7 +259,7 @@ BLUEPRINT_SCHEMA = _tbl(
     customizations=CUSTOMIZATIONS,
 )
 
-# Options each image type accepts (RHEL 9 image definitions; DESIGN.md). Metadata keys (name, description,
+# Options each image type accepts (RHEL 9 image definitions, osbuild's imagetypes). Metadata keys (name, description,
 # version, distro, architecture) are always accepted. "kernel.name" accepts only that sub-key.
 _OSTREE_CONTENT = ("packages", "modules", "groups", "enabled_modules", "containers")
 _COMMIT_CUSTOMIZATIONS = ("dnf", "directories", "files", "fips", "firewall", "user", "sshkey", "group", "hostname",
@@ -511,35 +506,6 @@ def dotted(path: KeyPath) -> str:
     return out
 
 
-# -- versions ----------------------------------------------------------------------------------
-
-
-def parse_semver(value: str) -> tuple[int, int, int, tuple[str, ...]] | None:
-    """(major, minor, patch, prerelease identifiers) or None when `value` is not semver."""
-    m = SEMVER_RE.match(value) if isinstance(value, str) else None
-    if not m:
-        return None
-    pre = tuple(m.group(4).split(".")) if m.group(4) else ()
-    return int(m.group(1)), int(m.group(2)), int(m.group(3)), pre
-
-
-def _pre_key(pre: tuple[str, ...]) -> tuple[int, tuple[tuple[int, int, str], ...]]:
-    # A release sorts after its pre-releases; numeric identifiers sort numerically, before alphanumerics.
-    if not pre:
-        return (1, ())
-    return (0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre))
-
-
-def compare_versions(a: str, b: str) -> int:
-    """-1, 0 or 1 by semver precedence (build metadata ignored). ValueError when one is not semver."""
-    pa, pb = parse_semver(a), parse_semver(b)
-    if pa is None or pb is None:
-        raise ValueError(f"not semver: {a if pa is None else b!r}")
-    ka = (pa[:3], _pre_key(pa[3]))
-    kb = (pb[:3], _pre_key(pb[3]))
-    return (ka > kb) - (ka < kb)
-
-
 def with_version(bp: Blueprint, version: str) -> Blueprint:
     """The blueprint with its top-level `version` replaced (text and data), for a scheduled rebuild."""
     import dataclasses
@@ -556,11 +522,6 @@ def with_version(bp: Blueprint, version: str) -> Blueprint:
     if data.get("version") != version:
         raise BlueprintError(f"could not set the version to {version}", where=str(bp.path))
     return dataclasses.replace(bp, version=version, text=text, data=data)
-
-
-def next_patch(version: str) -> str:
-    p = parse_semver(version)
-    return f"{p[0]}.{p[1]}.{p[2] + 1}" if p and not p[3] else (f"{p[0]}.{p[1]}.{p[2]}" if p else "1.0.0")
 
 
 # -- passwords ---------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Declarative checks (file_exists, file_contains, user_exists, group_exists, service_enabled,
 os_release_version, booted_commit, command) and greenboot-style scripts. The composer renders them into
 usr/etc/greenboot/check/{required,wanted}.d/NN-<name>.sh; a boot test can also evaluate the ones that need
-no running system against a deployed tree (evaluate_in_tree). The contract is /work/notes/TESTOS.md.
+no running system against a deployed tree (evaluate_in_tree). The contract is described in docs/testos.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """edgeci's command line: main(argv) -> int, the only place that turns errors into exit codes.
 
 Exit codes: 0 success, 1 the candidate failed, 2 usage, configuration or infrastructure error.
-Each command lives in its own module (stages/ for pipeline stages) exposing HELP,
+Each command lives in its own module (stages/ for the seven pipeline stages, commands/ for the rest) exposing HELP,
 add_arguments(parser) and run(args, cfg) -> int; modules import heavy code lazily inside run().
 """
 
@@ -17,17 +17,18 @@ COMMANDS: dict[str, str] = {
     "compose": "edgeci.stages.compose",
     "push": "edgeci.stages.push",
     "stage": "edgeci.stages.stage",
-    "boot-test": "edgeci.stages.boottest",
+    "boot-test": "edgeci.stages.boot_test",
     "approve": "edgeci.commands.approve",
     "gate": "edgeci.stages.gate",
     "promote": "edgeci.stages.promote",
-    "rollback": "edgeci.stages.rollback",
+    "rollback": "edgeci.commands.rollback",
     "history": "edgeci.commands.history",
-    "run": "edgeci.commands.run",
+    "run": "edgeci.commands.pipeline",
     "report": "edgeci.commands.report",
     "gitlab": "edgeci.commands.gitlab",
     "jenkins": "edgeci.commands.jenkins",
-    "record": "edgeci.commands.record",
+    "record": "edgeci.commands.record_show",
+    "keys": "edgeci.commands.keys",
 }
 
 

@@ -12,8 +12,9 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from edgeci.errors import RecordError
 
@@ -52,6 +53,157 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o644
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# -- typed sections ---------------------------------------------------------------------------------
+# One dataclass per section. from_dict keeps keys it does not know in `extra` (a newer edgeci's fields, or
+# per-backend detail), and as_dict writes them back, so a record round-trips unchanged.
+
+S = TypeVar("S", bound="Section")
+
+
+@dataclass
+class Section:
+    NAME: ClassVar[str] = ""
+    status: str = PASSED
+    time: str = ""
+    seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls: type[S], data: dict[str, Any] | None) -> S:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: data.pop(k) for k in list(data) if k in known}
+        return cls(**values, extra=data)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.extra)
+        for f in fields(self):
+            if f.name != "extra":
+                out[f.name] = getattr(self, f.name)
+        if not out.get("time"):
+            out.pop("time", None)
+        if out.get("seconds") is None:
+            out.pop("seconds", None)
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+
+@dataclass
+class BlueprintSection(Section):
+    NAME: ClassVar[str] = "blueprint"
+    name: str = ""
+    version: str = ""
+    path: str = ""
+    git_sha: str | None = None
+    sha256: str = ""
+
+
+@dataclass
+class ComposeSection(Section):
+    NAME: ClassVar[str] = "compose"
+    backend: str = ""
+    id: str = ""
+    type: str = ""
+    ref: str = ""
+    url: str = ""
+    artifact: str = ""
+    artifact_sha256: str = ""
+    commit: str = ""
+    parent: str | None = ""
+    packages: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PushSection(Section):
+    NAME: ClassVar[str] = "push"
+    destination: str = ""
+    tags: list[str] = field(default_factory=list)
+    digest: str = ""
+    image_ref: str = ""
+
+
+@dataclass
+class StageSection(Section):
+    NAME: ClassVar[str] = "stage"
+    url: str = ""
+    commit: str = ""
+    mode: str = ""
+    dir: str = ""
+    pid: int | None = None
+
+
+@dataclass
+class BootTestSection(Section):
+    NAME: ClassVar[str] = "boot_test"
+    backend: str = ""
+    candidate: str = ""
+    production: str | None = None
+    scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
+    delta_bytes: int | None = None
+    full_bytes: int | None = None
+
+
+@dataclass
+class GateSection(Section):
+    NAME: ClassVar[str] = "gate"
+    decision: str = ""
+    checksum: str = ""
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    approvals: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PromoteSection(Section):
+    NAME: ClassVar[str] = "promote"
+    repo: str = ""
+    ref: str = ""
+    checksum: str = ""
+    previous: str | None = None
+    version: str | None = None
+    deltas: list[str] = field(default_factory=list)
+    signed: bool = False
+
+
+@dataclass
+class Candidate:
+    """The one reading of "the candidate" from a record, for gate, promote, boot test and report."""
+
+    blueprint: str
+    checksum: str  # the ostree commit checksum compose produced ("" before compose)
+    ref: str = ""
+    version: str | None = None
+    parent: str | None = None
+    arch: str = ""
+    image_digest: str = ""
+    image_ref: str = ""
+    stage_url: str = ""
+    packages: list[dict[str, Any]] = field(default_factory=list)
+    blueprint_info: BlueprintSection = field(default_factory=BlueprintSection)
+    compose: ComposeSection | None = None
+    push: PushSection | None = None
+    stage: StageSection | None = None
+    boot_test: BootTestSection | None = None
+    gate: GateSection | None = None
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw, for rules reporting on every stage
+
+    @classmethod
+    def from_sections(cls, sections: dict[str, dict[str, Any]], default_ref: str = "") -> Candidate:
+        return BuildRecord(Path("record.json"), {"schema": SCHEMA_VERSION, "sections": sections}).candidate(default_ref)
+
+    @property
+    def boot_test_passed(self) -> bool:
+        return self.boot_test is not None and self.boot_test.passed
+
+    @property
+    def approvals(self) -> list[dict[str, Any]]:
+        return list(self.gate.approvals) if self.gate is not None else []
 
 
 class BuildRecord:
@@ -166,6 +318,40 @@ class BuildRecord:
     def checksum(self) -> str:
         """The candidate's ostree commit checksum (from the compose section)."""
         return str(self.section("compose")["commit"])
+
+    def typed(self, cls: type[S]) -> S | None:
+        """Section `cls.NAME` as its dataclass, or None when the record has no such section."""
+        data = self.sections.get(cls.NAME)
+        return None if data is None else cls.from_dict(data)
+
+    def ref(self, default: str) -> str:
+        """The ref the candidate was composed on (compose.ref), else `default` (the configured ref)."""
+        compose = self.sections.get("compose") or {}
+        return str(compose.get("ref") or default)
+
+    def candidate(self, default_ref: str = "") -> Candidate:
+        """The candidate this record describes: commit, ref, version, image, stage, boot test, approvals."""
+        bp = self.typed(BlueprintSection) or BlueprintSection()
+        compose, push = self.typed(ComposeSection), self.typed(PushSection)
+        stage = self.typed(StageSection)
+        c = self.sections.get("compose") or {}
+        version = c.get("version") or bp.version
+        return Candidate(
+            blueprint=bp.name or (self.path.parent.parent.name if self.path.parent.name else ""),
+            checksum=compose.commit if compose else "",
+            ref=self.ref(default_ref),
+            version=str(version) if version else None,
+            parent=str(compose.parent) if compose and compose.parent else None,
+            arch=self.path.parent.name,
+            image_digest=push.digest if push else "",
+            image_ref=push.image_ref if push else "",
+            stage_url=stage.url if stage else "",
+            packages=list(compose.packages) if compose else [],
+            blueprint_info=bp,
+            compose=compose, push=push, stage=stage,
+            boot_test=self.typed(BootTestSection), gate=self.typed(GateSection),
+            sections=self.sections,
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.data, indent=2, sort_keys=True)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeci.errors import ConfigError, EdgeCIError
-from edgeci.evidence.keys import PRODUCTION_ROLE, ROLES, PublicKey
+from edgeci.evidence.rolekeys import PRODUCTION_ROLE, ROLES, PublicKey
 
 SCHEMA = 1
 DEFAULT_PATH = "/etc/edgeci/trust.yaml"
@@ -413,8 +413,8 @@ def _str_list(doc: _Doc, value: Any, path: tuple[str, ...], *, choices: Sequence
 
 
 def _keys(doc: _Doc, value: Any, base: Path) -> tuple[PublicKey, ...]:
-    from edgeci.evidence.errors import KeyFileError
-    from edgeci.evidence.keys import load_public_key, parse_public_key
+    from edgeci.errors import KeyFileError
+    from edgeci.evidence.rolekeys import load_public_key, parse_public_key
 
     if not isinstance(value, dict):
         raise doc.fail("must be a mapping of role → list of public keys", ("keys",),

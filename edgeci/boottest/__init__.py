@@ -1,6 +1,73 @@
 """Boot tests: the candidate installed, upgraded from production and rolled back on a guest.
 
-Guests behind one interface (base.Guest): sysroot.py (no VM), qemu.py (a VM per boot, edgeci as the
-bootloader), libvirt.py (virt-install + SSH on a KVM host). scenarios.py runs install/upgrade/rollback
-on any of them; edgeci.stages.boottest is the command.
+Guests behind one interface (base.Guest): sysroot.py (no VM), qemu.py (a VM per boot), libvirt.py (virt-install
++ SSH on a KVM host). scenarios.py runs install/upgrade/rollback on any of them; edgeci.stages.boot_test is the
+stage's glue. Backends are chosen here by name (BACKENDS); "auto" is qemu when it is installed, else sysroot.
+
+Add a backend: a Guest subclass with TOOLS and a for_scenario() constructor, registered in BACKENDS.
 """
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeci.boottest.guest import Guest
+    from edgeci.record import Candidate
+
+# name -> (module, Guest class); imported only when chosen
+BACKENDS: dict[str, tuple[str, str]] = {
+    "sysroot": ("edgeci.boottest.sysroot_guest", "SysrootGuest"),
+    "qemu": ("edgeci.boottest.qemu_guest", "QemuGuest"),
+    "libvirt": ("edgeci.boottest.libvirt_guest", "LibvirtGuest"),
+}
+
+
+def guest_class(backend: str) -> Any:
+    from edgeci.errors import ConfigError
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown boot-test backend '{backend}'", where="boot_test.backend",
+                          fix=f"use auto or one of: {', '.join(BACKENDS)}")
+    module, cls = BACKENDS[backend]
+    return getattr(importlib.import_module(module), cls)
+
+
+def choose_backend(requested: str) -> str:
+    """The backend to run: `requested`, or for "auto" the first of qemu, sysroot whose tools are installed."""
+    from edgeci.tools.run import have
+
+    if requested != "auto":
+        guest_class(requested)
+        return requested
+    return "qemu" if all(have(t) for t in guest_class("qemu").TOOLS) else "sysroot"
+
+
+def require_tools(backend: str) -> None:
+    """ToolError naming the first program the backend needs that is not installed."""
+    from edgeci.tools.run import which
+
+    for prog in guest_class(backend).TOOLS:
+        which(prog)
+
+
+def osname_for(distro: str) -> str:
+    """The ostree stateroot a device of this distro uses (rhel-9 → rhel, fedora-40 → fedora-iot)."""
+    base = distro.split("-")[0] or "rhel"
+    return "fedora-iot" if base == "fedora" else base
+
+
+def guest_factory(cfg: Any, backend: str, base_dir: Path, osname: str, candidate: Candidate, record_name: str,
+                  scripts: dict[str, str]) -> Callable[[str], Guest]:
+    """scenario name -> a fresh guest of `backend` working in base_dir/<scenario>."""
+    cls = guest_class(backend)
+
+    def factory(scenario: str) -> Guest:
+        guest: Guest = cls.for_scenario(cfg, base_dir / scenario, osname=osname, candidate=candidate,
+                                        vm_name=f"edgeci-{record_name}-{scenario}", scripts=scripts)
+        return guest
+
+    return factory

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeci.boottest.base import (
+from edgeci.boottest.guest import (
     HEALTHY,
     INJECTED_CHECK_NAME,
     UNHEALTHY,
@@ -29,10 +29,12 @@ from edgeci.boottest.base import (
     RollbackResult,
 )
 from edgeci.errors import EdgeCIError
-from edgeci.report import Case, Outcome, Suite
+from edgeci.junit import Case, Outcome, Suite
+from edgeci.production import Production
 
 if TYPE_CHECKING:
     from edgeci.checks import Check
+    from edgeci.record import Candidate
 
 STAGE_REMOTE = "edgeci-stage"
 PROD_REMOTE = "edgeci-prod"
@@ -41,29 +43,6 @@ FIRST_RELEASE = "production is empty (first release)"
 SAME_AS_PRODUCTION = "the candidate is production's current commit (nothing to upgrade from)"
 NEEDS_RUNNING = "needs a running system (sysroot backend)"
 BOOT_CASE = "boot"
-
-
-@dataclass
-class Candidate:
-    blueprint: str
-    version: str
-    arch: str
-    ref: str
-    commit: str
-    stage_url: str
-
-
-@dataclass
-class Production:
-    """Production as a device reaches it; commit None means empty (first release)."""
-
-    url: str
-    commit: str | None
-    source: str = ""  # where the commit was read (repo path or URL), for messages
-
-    @property
-    def empty(self) -> bool:
-        return self.commit is None
 
 
 @dataclass
@@ -268,7 +247,7 @@ def run_scenarios(backend: str, make_guest: GuestFactory, candidate: Candidate, 
         jobs.append(lambda: [_install(guest_for, candidate, checks, say)])
     wanted = [s for s in ("upgrade", "rollback") if s in only]
     skip = FIRST_RELEASE if production.empty else (
-        SAME_AS_PRODUCTION if production.commit == candidate.commit else "")
+        SAME_AS_PRODUCTION if production.commit == candidate.checksum else "")
     skipped: list[ScenarioResult] = []
     if wanted and skip:
         for name in wanted:
@@ -303,14 +282,14 @@ def _install(make_guest: GuestFactory, candidate: Candidate, checks: Sequence[Ch
     guest = make_guest("install")
     try:
         with guest:
-            say(f"install: deploying {candidate.commit[:12]} from {candidate.stage_url} ({guest.backend})")
-            dep = guest.deploy(STAGE_REMOTE, candidate.stage_url, candidate.ref, candidate.commit)
+            say(f"install: deploying {candidate.checksum[:12]} from {candidate.stage_url} ({guest.backend})")
+            dep = guest.deploy(STAGE_REMOTE, candidate.stage_url, candidate.ref, candidate.checksum)
             res.pull = dep.pull
             say(f"install: pulled {dep.pull.describe()}; booting")
             boot = guest.boot()
             res.booted = boot.commit
-            res.cases = [boot_case(boot, candidate.commit),
-                         *check_cases(checks, boot, candidate.commit, candidate.version)]
+            res.cases = [boot_case(boot, candidate.checksum),
+                         *check_cases(checks, boot, candidate.checksum, candidate.version or "")]
     except EdgeCIError as e:
         res.cases = [Case("setup", Outcome.ERROR, str(e)),
                      *_not_run(checks, Outcome.ERROR, f"did not run: {e}", (BOOT_CASE,))]
@@ -335,16 +314,16 @@ def _upgrade_and_rollback(make_guest: GuestFactory, candidate: Candidate, produc
                 raise EdgeCIError(f"production deployed {prod_dep.commit}, expected {prod_commit}",
                                   where=production.url)
             stage = "upgrade"
-            dep = guest.deploy(STAGE_REMOTE, candidate.stage_url, candidate.ref, candidate.commit)
+            dep = guest.deploy(STAGE_REMOTE, candidate.stage_url, candidate.ref, candidate.checksum)
             up.pull = dep.pull
             say(f"upgrade: pulled {dep.pull.describe()}; booting")
             boot = guest.boot()
             up.booted = boot.commit
             pull_case = Case("upgrade-pull", Outcome.PASSED,
-                             f"{prod_commit[:12]} → {candidate.commit[:12]}: {dep.pull.describe()}",
+                             f"{prod_commit[:12]} → {candidate.checksum[:12]}: {dep.pull.describe()}",
                              dep.pull.text)
-            up.cases = [pull_case, boot_case(boot, candidate.commit),
-                        *check_cases(checks, boot, candidate.commit, candidate.version)]
+            up.cases = [pull_case, boot_case(boot, candidate.checksum),
+                        *check_cases(checks, boot, candidate.checksum, candidate.version or "")]
             up.seconds = time.monotonic() - t0
             say(f"upgrade: {up.outcome.value} ({up.seconds:.1f}s)")
             if "rollback" in wanted:
@@ -425,10 +404,10 @@ def resolve_production(repo: Path | None, url: str, ref: str) -> Production:
 
     if repo is not None and (repo / "config").is_file():
         commit = ostree.rev_parse(repo, ref)
-        return Production(url or repo.resolve().as_uri(), commit, str(repo))
+        return Production(commit=commit, url=url or repo.resolve().as_uri(), source=str(repo))
     if url:
-        return Production(url, _remote_commit(url, ref), url)
-    return Production(repo.resolve().as_uri() if repo else "", None, str(repo or ""))
+        return Production(commit=_remote_commit(url, ref), url=url, source=url)
+    return Production(commit=None, url=repo.resolve().as_uri() if repo else "", source=str(repo or ""))
 
 
 def _remote_commit(url: str, ref: str) -> str | None:

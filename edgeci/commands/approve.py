@@ -15,7 +15,7 @@ HELP = "approve the candidate's exact commit checksum for production (local appr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgeci.stages.common import add_target_args
+    from edgeci.target import add_target_args
 
     add_target_args(p)
     p.add_argument("--as", dest="approver", metavar="NAME", default=None,
@@ -26,10 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci import policy
+    from edgeci.approvals import local_source as local
     from edgeci.errors import GateError
-    from edgeci.gate import local, policy
-    from edgeci.stages.common import load_record, target, work_dir
-    from edgeci.stages.gate import blueprint_file
+    from edgeci.target import blueprint_file, load_record, target, work_dir
     from edgeci.ui import say, warn
 
     name, arch = target(cfg, args)

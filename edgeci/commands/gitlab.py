@@ -13,7 +13,7 @@ import argparse
 
 from edgeci.config import Config
 
-ACCESS_NAMES = ("developer", "maintainer", "admin")  # edgeci.ci.gitlab.ACCESS_LEVELS
+ACCESS_NAMES = ("developer", "maintainer", "admin")  # edgeci.ci.gitlab_setup.ACCESS_LEVELS
 HELP = "GitLab CI: generate the child pipeline, manage the schedule, protected environment, MR note"
 
 
@@ -91,7 +91,7 @@ def _child_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     import os
 
     from edgeci.changes import changed
-    from edgeci.ci.gitlab import (
+    from edgeci.ci.gitlab_setup import (
         ZERO_SHA,
         ChildOptions,
         Mode,
@@ -100,8 +100,8 @@ def _child_pipeline(args: argparse.Namespace, cfg: Config) -> int:
         split_tags,
         targets_for,
     )
+    from edgeci.production import production_url
     from edgeci.record import atomic_write_text
-    from edgeci.stages.common import production_url
     from edgeci.ui import say, warn
 
     opts = ChildOptions.from_env(cfg, os.environ)
@@ -171,7 +171,8 @@ def _parse_variables(pairs: list[str]) -> dict[str, str]:
 def _schedule(args: argparse.Namespace, cfg: Config) -> int:
     import os
 
-    from edgeci.ci.gitlab import ScheduleSpec, connect, ensure_schedule, validate_cron
+    from edgeci.ci.gitlab_setup import ScheduleSpec, ensure_schedule, validate_cron
+    from edgeci.gitlab_api import connect
     from edgeci.ui import say
 
     validate_cron(args.cron)
@@ -196,16 +197,16 @@ def _schedule(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _protect_environment(args: argparse.Namespace, cfg: Config) -> int:
-    from edgeci.ci.gitlab import (
+    from edgeci.ci.gitlab_setup import (
         ACCESS_LEVELS,
         EnvironmentSpec,
         Rule,
-        connect,
         ensure_protected_environment,
         resolve_group,
         resolve_user,
     )
     from edgeci.errors import ConfigError
+    from edgeci.gitlab_api import connect
     from edgeci.ui import say
 
     approvals = cfg.gate.approvals_required if args.approvals is None else args.approvals
@@ -231,8 +232,9 @@ def _protect_environment(args: argparse.Namespace, cfg: Config) -> int:
 def _mr_note(args: argparse.Namespace, cfg: Config) -> int:
     import os
 
-    from edgeci.ci.gitlab import Target, connect, discover_targets, mr_summary, upsert_mr_note
+    from edgeci.ci.gitlab_setup import Target, discover_targets, mr_summary, upsert_mr_note
     from edgeci.errors import ConfigError
+    from edgeci.gitlab_api import connect
     from edgeci.record import atomic_write_text
     from edgeci.ui import say
 

@@ -11,7 +11,7 @@ HELP = "list the production releases of a blueprint (version, checksum, approver
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgeci.stages.common import add_target_args
+    from edgeci.target import add_target_args
 
     add_target_args(p)
     p.add_argument("--json", action="store_true", help="print the entries as JSON")
@@ -20,16 +20,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from dataclasses import asdict
 
-    from edgeci.promote import ProdSettings, history
+    from edgeci.production import ProdSettings, history
     from edgeci.record import BuildRecord
-    from edgeci.stages.common import record_file, target
-    from edgeci.stages.gate import prod_ref
+    from edgeci.target import record_file, ref_of, target
     from edgeci.ui import say
 
     name, arch = target(cfg, args)
     path = record_file(cfg, name, arch)
     rec = BuildRecord.load(path) if path.exists() else None
-    ref = prod_ref(cfg, name, arch, rec)
+    ref = ref_of(cfg, name, arch, rec)
     entries = history(ProdSettings.from_config(cfg), ref)
     if args.json:
         say(json.dumps([asdict(e) for e in entries], indent=2))

@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _job_name(cfg: Config, name: str | None) -> str:
-    from edgeci.ci.jenkins import DEFAULT_JOB
+    from edgeci.ci.jenkins_setup import DEFAULT_JOB
 
     return name or cfg.gate.jenkins.job or DEFAULT_JOB
 
@@ -71,8 +71,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.action == "candidates":
         return _candidates(args, cfg)
 
-    from edgeci.ci.jenkins import InputClient, JobSpec, connect, default_repo, ensure_job
+    from edgeci.ci.jenkins_setup import InputClient, JobSpec, default_repo, ensure_job
     from edgeci.errors import ConfigError
+    from edgeci.jenkins_api import connect
 
     conn = connect(cfg, user=args.user)
     if args.action == "job":
@@ -105,8 +106,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 def _targets(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.changes import changed
-    from edgeci.ci.gitlab import ZERO_SHA, targets_for
-    from edgeci.stages.common import production_url
+    from edgeci.ci.gitlab_setup import ZERO_SHA, targets_for
+    from edgeci.production import production_url
     from edgeci.ui import say, warn
 
     base = (args.base or "").strip()
@@ -123,9 +124,9 @@ def _targets(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _candidates(args: argparse.Namespace, cfg: Config) -> int:
-    from edgeci.ci.gitlab import Target, discover_targets
+    from edgeci.ci.gitlab_setup import Target, discover_targets
     from edgeci.errors import ConfigError
-    from edgeci.stages.common import load_record
+    from edgeci.target import load_record
     from edgeci.ui import say
 
     targets = []

@@ -35,9 +35,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 def _init(args: argparse.Namespace, cfg: Config) -> int:
     from pathlib import Path
 
-    from edgeci.errors import ConfigError
-    from edgeci.evidence.errors import KeyFileError
-    from edgeci.evidence.keys import SigningKey, env_var, write_key_pair
+    from edgeci.errors import ConfigError, KeyFileError
+    from edgeci.evidence.rolekeys import SigningKey, env_var, write_key_pair
     from edgeci.ui import say
 
     role = args.role
@@ -46,7 +45,7 @@ def _init(args: argparse.Namespace, cfg: Config) -> int:
         priv, pub = write_key_pair(SigningKey.generate(role), directory, force=args.force)
     except KeyFileError as e:
         raise ConfigError(e.message, where=e.where, fix=e.fix) from None
-    from edgeci.evidence.keys import load_public_key
+    from edgeci.evidence.rolekeys import load_public_key
 
     key = load_public_key(pub, role)
     var, stage = env_var(role), STAGE_OF[role]

@@ -12,7 +12,7 @@ HELP = "write the release report (HTML and JSON) of a blueprint: history, timeli
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgeci.stages.common import add_target_args
+    from edgeci.target import add_target_args
 
     add_target_args(p)
     p.add_argument("--output", metavar="DIR", default=None, help="where to write (default: the reports directory)")
@@ -43,15 +43,16 @@ def _file_diff(repos: list[Path], old: str | None, new: str) -> dict[str, list[s
 
 
 def collect(cfg: Config, name: str, arch: str) -> Any:
-    from edgeci.htmlreport import ReportData, package_diff, timeline_from_record
-    from edgeci.promote import ProdSettings, read_production
+    from edgeci.packages import package_changes
+    from edgeci.production import ProdSettings, read_production
     from edgeci.record import now_iso
-    from edgeci.stages.common import load_record
+    from edgeci.releasepage import ReportData, timeline_from_record
+    from edgeci.target import load_record
 
     record = load_record(cfg, name, arch)
     compose = record.get("compose") or {}
     commit = str(compose.get("commit", ""))
-    ref = str(compose.get("ref") or cfg.ref(name, arch))
+    ref = record.ref(cfg.ref(name, arch))
     settings = ProdSettings.from_config(cfg)
     state = read_production(settings, ref)
     releases = list(reversed(state.releases))
@@ -74,7 +75,7 @@ def collect(cfg: Config, name: str, arch: str) -> Any:
         releases=releases,
         timeline=timeline_from_record(record),
         boot_test=boot,
-        packages=package_diff(list(previous.get("packages") or []), list(compose.get("packages") or []))
+        packages=package_changes(list(previous.get("packages") or []), list(compose.get("packages") or []))
         if previous else {},
         files=_file_diff(repos, str(previous.get("checksum")) if previous else None, commit) if commit else {},
         delta_bytes=boot.get("delta_bytes"),
@@ -85,8 +86,8 @@ def collect(cfg: Config, name: str, arch: str) -> Any:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from edgeci.htmlreport import write
-    from edgeci.stages.common import target
+    from edgeci.releasepage import write
+    from edgeci.target import target
     from edgeci.ui import say
 
     name, arch = target(cfg, args)

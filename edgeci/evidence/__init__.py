@@ -11,11 +11,12 @@ verifies the whole chain against its own trust policy (edgeci.trust) before prod
     chain.py       verify_chain() → ChainResult
 """
 
+from edgeci.errors import EvidenceError, KeyFileError, VerificationError
 from edgeci.evidence.bundle import Bundle, load_bundle, write_bundle
 from edgeci.evidence.chain import ChainResult, ExternalApproval, LinkResult, verify_chain
 from edgeci.evidence.dsse import Verified, pae, sign, verify, verify_signed
-from edgeci.evidence.errors import EvidenceError, KeyFileError, VerificationError
-from edgeci.evidence.keys import (
+from edgeci.evidence.predicates import ApprovalDecision, BootTestResult, ComposeProvenance, ScenarioResult
+from edgeci.evidence.rolekeys import (
     ROLES,
     PublicKey,
     SigningKey,
@@ -26,7 +27,6 @@ from edgeci.evidence.keys import (
     parse_public_key,
     write_key_pair,
 )
-from edgeci.evidence.predicates import ApprovalDecision, BootTestResult, ComposeProvenance, ScenarioResult
 from edgeci.evidence.statement import Statement, Subject, covers, subjects
 
 __all__ = [

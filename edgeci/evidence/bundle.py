@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeci.evidence.errors import EvidenceError
+from edgeci.errors import EvidenceError
 from edgeci.evidence.statement import HEX64_RE
 
 BUNDLE_SCHEMA = 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from edgeci.evidence import errors as E
+from edgeci import errors as E
 from edgeci.evidence.bundle import Bundle
 from edgeci.evidence.dsse import Verified, peek, verify_signed
 from edgeci.evidence.predicates import (

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgeci.evidence import errors as E
-from edgeci.evidence.keys import PublicKey, SigningKey, check_role, env_var
+from edgeci import errors as E
+from edgeci.evidence.rolekeys import PublicKey, SigningKey, check_role, env_var
 from edgeci.evidence.statement import PAYLOAD_TYPE, Statement
 
 

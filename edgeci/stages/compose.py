@@ -23,7 +23,7 @@ TYPES = ("edge-container", "edge-commit")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgeci.stages.common import add_target_args
+    from edgeci.target import add_target_args
 
     add_target_args(p)
     p.add_argument("--type", choices=TYPES, default=None,
@@ -64,9 +64,10 @@ def _rebuild_version(bp: Blueprint, cfg: Config, ref: str) -> Blueprint:
 
     Production only takes higher versions (the gate's anti-rollback rule), and Image Builder itself bumps
     the patch of an unchanged blueprint; edgeci does it explicitly and records what it did."""
-    from edgeci.blueprint import compare_versions, next_patch, with_version
-    from edgeci.promote import ProdSettings, read_production
+    from edgeci.blueprint import with_version
+    from edgeci.production import ProdSettings, read_production
     from edgeci.ui import say
+    from edgeci.version import compare_versions, next_patch
 
     prod = read_production(ProdSettings.from_config(cfg), ref).production.version
     if not prod or compare_versions(bp.version, prod) > 0:
@@ -96,10 +97,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.composer import backend
     from edgeci.composer.base import ComposeRequest, ComposeState
     from edgeci.errors import BlueprintError
+    from edgeci.junit import Case, Outcome, write_junit
     from edgeci.oci import sha256_file
     from edgeci.record import FAILED, BuildRecord
-    from edgeci.report import Case, Outcome, write_junit
-    from edgeci.stages.common import blueprint_path, record_file, target
+    from edgeci.target import blueprint_path, record_file, target
     from edgeci.tools import git
     from edgeci.ui import error, progress, say, warn
 

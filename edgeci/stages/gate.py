@@ -18,7 +18,7 @@ HELP = "decide whether the candidate may go to production (rules, approvals boun
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgeci.stages.common import add_target_args
+    from edgeci.target import add_target_args
 
     add_target_args(p)
     p.add_argument("--source", choices=("local", "gitlab", "jenkins"), default=None,
@@ -35,47 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="gitlab: the deployment whose approvals count (default: the one of $CI_JOB_ID)")
 
 
-def blueprint_file(cfg: Config, name: str, section: dict[str, Any] | None) -> Path | None:
-    """The blueprint TOML the candidate was built from (record path first, then blueprints/NAME.toml)."""
-    if section and section.get("path"):
-        p = Path(str(section["path"]))
-        p = p if p.is_absolute() else cfg.root / p
-        if p.is_file():
-            return p
-    p = cfg.blueprints_dir / f"{name}.toml"
-    return p if p.is_file() else None
-
-
-def prod_ref(cfg: Config, name: str, arch: str, record: Any | None = None) -> str:
-    compose = record.get("compose") if record is not None else None
-    return str(compose["ref"]) if compose and compose.get("ref") else cfg.ref(name, arch)
-
-
-def collect(cfg: Config, args: argparse.Namespace, checksum: str, bp_path: Path | None, work: Path) -> Any:
-    from edgeci.gate import local
-
-    source = args.source or cfg.gate.source
-    if source == "local":
-        return local.collect(work, bp_path, candidate=checksum)
-    people, notes = local.git_people(bp_path)
-    people += local.env_people(os.environ)
-    if source == "gitlab":
-        from edgeci.gate import gitlab
-
-        evidence = gitlab.collect(cfg, checksum, merge_request=args.merge_request, deployment=args.deployment)
-    else:
-        from edgeci.gate import jenkins
-
-        evidence = jenkins.collect(cfg, checksum, approver=args.approver,
-                                   approved_checksum=args.approved_checksum, build=args.build)
-    evidence.people = people + evidence.people
-    evidence.notes = notes + evidence.notes
-    return evidence
 
 
 def describe(cfg: Config, rec: Any, state: Any, bp_path: Path | None) -> list[str]:
     """What is being approved: commit, image, boot test, delta size, blueprint and package diffs."""
-    from edgeci.gate import policy
+    from edgeci import policy
+    from edgeci.packages import package_diff
     from edgeci.tools import git
 
     s = rec.sections
@@ -121,7 +86,7 @@ def describe(cfg: Config, rec: Any, state: Any, bp_path: Path | None) -> list[st
         lines.append("blueprint diff: " + ("unchanged (same sha256)" if same else
                                             "production's blueprint text is not available in this git checkout"))
     if "packages" in released and compose.get("packages") is not None:
-        pk = policy.package_diff(released.get("packages") or [], compose.get("packages") or [])
+        pk = package_diff(released.get("packages") or [], compose.get("packages") or [])
         lines.append(f"package diff: {len(pk)} change(s)" if pk else "package diff: none")
         lines += [f"  {d}" for d in pk]
     else:
@@ -141,21 +106,25 @@ def _repo_rel(cfg: Config, top: Path, path: str) -> str:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from datetime import datetime
 
-    from edgeci.gate import policy
-    from edgeci.promote import ProdSettings, read_production
+    from edgeci import policy
+    from edgeci.approvals import SourceContext, gather
+    from edgeci.junit import Case, Outcome, write_junit
+    from edgeci.production import ProdSettings, read_production
     from edgeci.record import FAILED, PASSED
-    from edgeci.report import Case, Outcome, write_junit
-    from edgeci.stages.common import load_record, target, work_dir
+    from edgeci.target import blueprint_file, load_record, target, work_dir
     from edgeci.ui import say, warn
 
     name, arch = target(cfg, args)
     rec = load_record(cfg, name, arch)
     rec.section("compose")
-    candidate = policy.Candidate.from_sections(rec.sections)
-    ref = prod_ref(cfg, name, arch, rec)
+    candidate = rec.candidate(cfg.ref(name, arch))
+    ref = candidate.ref
     state = read_production(ProdSettings.from_config(cfg), ref)
     bp_path = blueprint_file(cfg, name, rec.get("blueprint"))
-    evidence = collect(cfg, args, candidate.checksum, bp_path, work_dir(cfg, name, arch))
+    options = {"merge_request": args.merge_request, "deployment": args.deployment, "approver": args.approver,
+               "approved_checksum": args.approved_checksum, "build": args.build}
+    ctx = SourceContext(cfg, work_dir(cfg, name, arch), bp_path, options=options)
+    evidence = gather(args.source or cfg.gate.source, ctx, candidate)
     g = cfg.gate
     now_env = os.environ.get("EDGECI_TEST_NOW")  # tests pin the clock for window/freeze rules
     now = datetime.fromisoformat(now_env) if now_env else datetime.now(UTC)

@@ -18,7 +18,7 @@ from edgeci.config import Config
 
 if TYPE_CHECKING:
     from edgeci.blueprint import LintResult
-    from edgeci.report import Case
+    from edgeci.junit import Case
 
 HELP = "lint blueprints: strict schema, image-type support, secrets, versions (exit 1 on errors)"
 
@@ -128,7 +128,7 @@ def _record_production_version(cfg: Config, name: str) -> str | None:
 
 
 def _max_version(a: str | None, b: str) -> str:
-    from edgeci.blueprint import compare_versions
+    from edgeci.version import compare_versions
 
     if a is None:
         return b
@@ -157,7 +157,7 @@ def _display(cfg: Config, path: Path) -> str:
 
 def _cases(r: LintResult) -> list[Case]:
     from edgeci.blueprint import RULES
-    from edgeci.report import Case, Outcome
+    from edgeci.junit import Case, Outcome
 
     cases = []
     for rule, meaning in RULES.items():
@@ -186,8 +186,8 @@ def _head_sha(directory: Path) -> str:
 def _write_outputs(cfg: Config, r: LintResult) -> None:
     """reports/lint-<name>-<arch>.xml and the record's blueprint + lint sections, for every arch."""
     from edgeci.errors import RecordError
+    from edgeci.junit import write_junit
     from edgeci.record import FAILED, PASSED, BuildRecord, record_path
-    from edgeci.report import write_junit
     from edgeci.ui import warn
 
     cases = _cases(r)

@@ -1,4 +1,4 @@
-"""`edgeci promote BLUEPRINT [--dry-run]`: glue between the build record and edgeci.promote.
+"""`edgeci promote BLUEPRINT [--dry-run]`: glue between the build record and edgeci.promotion.
 
 Reads the candidate and the gate's decision from the record, runs the pinned promotion, prints each step,
 writes reports/promote-<bp>-<arch>.xml and the record's promote section. EDGECI_TEST_PAUSE_AT=<step> or
@@ -9,20 +9,20 @@ by EDGECI_TEST_RESUME_FILE appears.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeci.config import Config
 
+if TYPE_CHECKING:
+    from edgeci.promotion import PromoteRequest
+    from edgeci.record import BuildRecord
+
 HELP = "promote the approved candidate's exact commit to the production repo (sign, deltas, summary)"
-PAUSE_ENV = "EDGECI_TEST_PAUSE_AT"
-RESUME_ENV = "EDGECI_TEST_RESUME_FILE"  # with the pause: carry on once this file exists
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgeci.stages.common import add_target_args
+    from edgeci.target import add_target_args
 
     add_target_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -37,69 +37,36 @@ def image_fetcher(cfg: Config) -> Any:
     from pathlib import Path
 
     def fetch(image_ref: str, tmp: Path) -> Path:
-        from edgeci import stage
+        from edgeci.image import extract_pushed, local_image_path
         from edgeci.tools import skopeo
 
         name, _, digest = image_ref.rpartition("@")
-        if name.startswith("oci:"):
-            source = cfg.path(name[len("oci:"):].split(":")[0])
-        elif name.startswith("oci-archive:"):
-            source = cfg.path(name[len("oci-archive:"):].split(":")[0])
-        else:
-            access = skopeo.Access.from_config(cfg)
-            source = tmp / "layout"
-            skopeo.copy(image_ref if "://" in image_ref else f"docker://{image_ref}", f"oci:{source}:promote",
-                        retry_times=access.retry_times, src_tls_verify=access.tls_verify, authfile=access.authfile,
-                        src_creds=access.creds, attempts=access.attempts, backoff=access.backoff)
-        with stage.open_image(source, digest, max_bytes=cfg.stage.max_archive_bytes) as src:
-            extracted = stage.populate_from_image(src, tmp / "extract", repo_path=cfg.stage.repo_path,
-                                                  max_bytes=cfg.stage.max_archive_bytes)
+        access = None if local_image_path(name, cfg.path) else skopeo.Access.from_config(cfg)
+        extracted = extract_pushed(name, digest, tmp / "extract", repo_path=cfg.stage.repo_path,
+                                   max_bytes=cfg.stage.max_archive_bytes, resolve=cfg.path, access=access,
+                                   scratch_parent=tmp)
         return Path(extracted.repo)
 
     return fetch
 
 
-def step_printer(prefix: str) -> Any:
-    """on_step callback: one line per finished step; honours the test pause hook."""
-    from edgeci.ui import say
+def request(cfg: Config, rec: BuildRecord, name: str, arch: str) -> PromoteRequest:
+    from edgeci.promotion import PromoteRequest
 
-    pause = os.environ.get(PAUSE_ENV, "")
-
-    def on_step(step: str, phase: str, detail: str) -> None:
-        if phase == "end":
-            say(f"{prefix} {step}: {detail}")
-        spot = step if phase == "begin" else f"after-{step}"
-        if pause and pause == spot:
-            print(f"edgeci-test: paused at {spot}", flush=True)
-            sys.stdout.flush()
-            resume = os.environ.get(RESUME_ENV, "")
-            deadline = time.monotonic() + 3600
-            while time.monotonic() < deadline and not (resume and os.path.exists(resume)):
-                time.sleep(0.05)
-
-    return on_step
-
-
-def request(cfg: Config, rec: Any, name: str, arch: str) -> Any:
-    from edgeci.gate import policy
-    from edgeci.promote import PromoteRequest
-    from edgeci.stages.gate import prod_ref
-
-    s = rec.sections
-    cand = policy.Candidate.from_sections(s)
+    cand = rec.candidate(cfg.ref(name, arch))
     return PromoteRequest(
-        ref=prod_ref(cfg, name, arch, rec),
-        checksum=rec.checksum,
+        ref=cand.ref,
+        checksum=cand.checksum,
         version=cand.version,
         parent=cand.parent,
-        stage_url=str((s.get("stage") or {}).get("url", "")),
-        gate=s.get("gate") or {},
+        stage_url=cand.stage_url,
+        gate=cand.gate.as_dict() if cand.gate else {},
         blueprint=name,
         arch=arch,
-        image_digest=str((s.get("push") or {}).get("digest", "")),
-        image_ref=str((s.get("push") or {}).get("image_ref", "")),
-        packages=list((s.get("compose") or {}).get("packages") or []),
-        blueprint_info=s.get("blueprint") or {},
+        image_digest=cand.image_digest,
+        image_ref=cand.image_ref,
+        packages=cand.packages,
+        blueprint_info=rec.get("blueprint") or {},
         approvals_required=cfg.gate.approvals_required,
         allow_fork=cfg.gate.allow_fork,
         windows=list(cfg.gate.windows),
@@ -109,11 +76,12 @@ def request(cfg: Config, rec: Any, name: str, arch: str) -> Any:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.errors import PromotionError
-    from edgeci.promote import ProdSettings, plan, promote
+    from edgeci.junit import Case, Outcome, write_junit
+    from edgeci.production import ProdSettings
+    from edgeci.promotion import plan, promote
     from edgeci.record import FAILED
-    from edgeci.report import Case, Outcome, write_junit
-    from edgeci.stages.common import load_record, target
-    from edgeci.ui import say
+    from edgeci.target import load_record, target
+    from edgeci.ui import say, step_printer
 
     name, arch = target(cfg, args)
     rec = load_record(cfg, name, arch)

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any
 from edgeci.config import Config
 
 if TYPE_CHECKING:
+    from edgeci.image import Extracted
+    from edgeci.junit import Case
     from edgeci.record import BuildRecord
-    from edgeci.report import Case
-    from edgeci.stage import Extracted
 
 HELP = "serve, stop, wait for, or set up the stage repository"
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
     """BLUEPRINT/--arch, plus edgeci's global options (argparse does not pass them to nested sub-commands)."""
-    from edgeci.stages.common import add_target_args
+    from edgeci.target import add_target_args
 
     add_target_args(p)
     p.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -65,7 +65,7 @@ class Steps:
         self._open: tuple[Case, float] | None = None
 
     def begin(self, name: str) -> None:
-        from edgeci.report import Case
+        from edgeci.junit import Case
 
         self._open = (Case(name), time.monotonic())
         self.cases.append(self._open[0])
@@ -78,7 +78,7 @@ class Steps:
 
     def fail(self, error: Exception) -> None:
         from edgeci.errors import EdgeCIError
-        from edgeci.report import Outcome
+        from edgeci.junit import Outcome
 
         if self._open:
             case, started = self._open
@@ -111,9 +111,11 @@ def _source(cfg: Config, rec: BuildRecord, choice: str) -> tuple[str, dict[str, 
 
 def serve(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.errors import EdgeCIError, StageMismatch
-    from edgeci.report import write_junit
-    from edgeci.stage import StageServer, check_repo_commit, fetch_ref, populate_from_tar, stop_server
-    from edgeci.stages.common import load_record, target
+    from edgeci.image import check_repo_commit, populate_from_tar
+    from edgeci.junit import write_junit
+    from edgeci.reposerver import RepoServer, stop_server
+    from edgeci.stagehost import fetch_ref
+    from edgeci.target import load_record, target
     from edgeci.ui import say
 
     name, arch = target(cfg, args)
@@ -121,11 +123,11 @@ def serve(args: argparse.Namespace, cfg: Config) -> int:
     rec.require("blueprint", "compose")
     compose = rec.section("compose")
     commit = rec.checksum
-    ref = str(compose.get("ref") or cfg.ref(name, arch))
+    ref = rec.ref(cfg.ref(name, arch))
     kind, details = _source(cfg, rec, args.source)
     sdir = stage_dir(cfg, name, arch)
     steps = Steps()
-    server: StageServer | None = None
+    server: RepoServer | None = None
     try:
         stopped = stop_server(sdir) if sdir.is_dir() else None
         if stopped:
@@ -145,7 +147,7 @@ def serve(args: argparse.Namespace, cfg: Config) -> int:
         steps.end(f"{ref} -> {commit}")
         steps.begin("serve")
         port = cfg.stage.port if args.port is None else args.port
-        server = StageServer(extracted.repo, host=cfg.stage.host, port=port, state_dir=sdir).start()
+        server = RepoServer(extracted.repo, host=cfg.stage.host, port=port, state_dir=sdir).start()
         steps.end(f"{server.url} pid {server.pid}")
         steps.begin("served commit")
         served = fetch_ref(server.url, ref)
@@ -172,17 +174,12 @@ def serve(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _check_sha256(path: Path, expected: object) -> None:
-    import hashlib
-
     from edgeci.errors import StageError
+    from edgeci.oci import sha256_file
 
     if not expected or not path.is_file():
         return  # open_image names a missing file
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    if h.hexdigest() != str(expected).removeprefix("sha256:"):
+    if sha256_file(path) != str(expected).removeprefix("sha256:"):
         raise StageError("the compose archive does not match the sha256 in the build record (changed since compose)",
                          where=str(path), fix="run 'edgeci compose' again")
 
@@ -190,55 +187,33 @@ def _check_sha256(path: Path, expected: object) -> None:
 def _extract_image(cfg: Config, kind: str, details: dict[str, Any], compose: dict[str, Any], sdir: Path,
                    steps: Steps) -> Extracted:
     """Verify the image's layers, then extract the repo (the pushed image by digest, or the archive)."""
-    import shutil
-    import tempfile
-
-    from edgeci.errors import StageError
-    from edgeci.stage import open_image, populate_from_image
-    from edgeci.tools import skopeo
+    from edgeci.image import extract_pushed, open_image, populate_from_image
     from edgeci.tools.skopeo import Access
 
     max_bytes = cfg.stage.max_archive_bytes
-    pulled: str | None = None
     steps.begin("verify layers")
-    try:
-        if kind == "archive":
-            where = str(cfg.path(str(compose.get("artifact") or "")))
-            src = open_image(where, max_bytes=max_bytes)  # refuses an oversize archive before reading it
-        else:
-            digest = str(details["digest"])
-            destination = str(details["destination"])
-            where = f"{destination}@{digest}"
-            if destination.startswith("oci:"):
-                src = open_image(cfg.path(destination[len("oci:"):]), digest, max_bytes=max_bytes)
-            else:
-                sdir.mkdir(parents=True, exist_ok=True)
-                pulled = tempfile.mkdtemp(dir=sdir, prefix=".pull-")
-                access = Access.from_config(cfg)
-                skopeo.copy(where, f"oci:{pulled}:stage", retry_times=access.retry_times,
-                            src_tls_verify=access.tls_verify, authfile=access.authfile, src_creds=access.creds,
-                            attempts=access.attempts, backoff=access.backoff)
-                src = open_image(pulled, digest, max_bytes=max_bytes)
-        with src:
-            if kind == "archive":
-                _check_sha256(Path(where), compose.get("artifact_sha256"))
-            if kind == "image" and src.digest != details["digest"]:
-                raise StageError(f"the image is {src.digest}, the record says {details['digest']}", where=where)
+    if kind == "archive":
+        where = str(cfg.path(str(compose.get("artifact") or "")))
+        with open_image(where, max_bytes=max_bytes) as src:  # refuses an oversize archive before reading it
+            _check_sha256(Path(where), compose.get("artifact_sha256"))
             # populate_from_image verifies every layer before it extracts anything
             extracted = populate_from_image(src, sdir, repo_path=cfg.stage.repo_path, max_bytes=max_bytes)
-        steps.end(f"{where}: {len(extracted.layers)} layer(s) verified: "
-                  + ", ".join(layer.digest for layer in extracted.layers))
-        steps.begin("extract")
-        steps.end(f"{extracted.entries} entries, {extracted.bytes} bytes -> {extracted.repo}")
-        return extracted
-    finally:
-        if pulled:
-            shutil.rmtree(pulled, ignore_errors=True)
+    else:
+        digest, destination = str(details["digest"]), str(details["destination"])
+        where = f"{destination}@{digest}"
+        access = None if destination.startswith(("oci:", "oci-archive:")) else Access.from_config(cfg)
+        extracted = extract_pushed(destination, digest, sdir, repo_path=cfg.stage.repo_path, max_bytes=max_bytes,
+                                   resolve=cfg.path, access=access, scratch_parent=sdir)
+    steps.end(f"{where}: {len(extracted.layers)} layer(s) verified: "
+              + ", ".join(layer.digest for layer in extracted.layers))
+    steps.begin("extract")
+    steps.end(f"{extracted.entries} entries, {extracted.bytes} bytes -> {extracted.repo}")
+    return extracted
 
 
 def stop(args: argparse.Namespace, cfg: Config) -> int:
-    from edgeci.stage import stop_server
-    from edgeci.stages.common import target
+    from edgeci.reposerver import stop_server
+    from edgeci.target import target
     from edgeci.ui import say
 
     name, arch = target(cfg, args)
@@ -252,9 +227,9 @@ def stop(args: argparse.Namespace, cfg: Config) -> int:
 
 def wait(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.errors import ConfigError, EdgeCIError
-    from edgeci.report import write_junit
-    from edgeci.stage import wait_for_commit
-    from edgeci.stages.common import load_record, target
+    from edgeci.junit import write_junit
+    from edgeci.stagehost import wait_for_commit
+    from edgeci.target import load_record, target
     from edgeci.ui import progress, say
 
     name, arch = target(cfg, args)
@@ -267,7 +242,7 @@ def wait(args: argparse.Namespace, cfg: Config) -> int:
     if rec.get("push") is not None:
         rec.require("push")
     commit = rec.checksum
-    ref = str(rec.section("compose").get("ref") or cfg.ref(name, arch))
+    ref = rec.ref(cfg.ref(name, arch))
     deadline = cfg.stage.wait_deadline if args.deadline is None else args.deadline
     say(f"stage {name}/{arch}: waiting up to {deadline:g} s for {url} to serve {ref} = {commit}")
     steps = Steps()
@@ -289,8 +264,8 @@ def wait(args: argparse.Namespace, cfg: Config) -> int:
 
 def units(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.record import BuildRecord, atomic_write_text
-    from edgeci.stage import render_units, units_image
-    from edgeci.stages.common import record_file, target, work_dir
+    from edgeci.stagehost import render_units, units_image
+    from edgeci.target import record_file, target, work_dir
     from edgeci.ui import say
 
     name, arch = target(cfg, args)

@@ -1,7 +1,7 @@
 """The local composer's test OS: a real, bootable busybox Linux built as an ostree commit.
 
 It is what edgeci's embedded default composes (edgeci.composer.local) and what the boot test boots.
-This docstring is the contract between the two sides (also /work/notes/TESTOS.md).
+This docstring is the contract between the two sides (docs/testos.md describes it for maintainers).
 
 Tree of a composed commit (no /etc at the top: usr/etc; ostree admin deploy makes /etc of it)
   usr/lib/modules/<kver>/vmlinuz         Debian's linux-image kernel (edgeci.testos.kernel)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import lzma
 import os
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeci.errors import ConfigError, ToolError
+from edgeci.oci import sha256_file
 from edgeci.tools.run import run
 
 META_PACKAGE = "linux-image-amd64"
@@ -56,14 +56,6 @@ class Kernel:
 
 def cache_dir(configured: str = "") -> Path:
     return Path(os.path.expanduser(configured)) if configured else Path.home() / ".cache" / "edgeci"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- .ko parsing -----------------------------------------------------------------------------------

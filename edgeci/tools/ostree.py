@@ -2,7 +2,7 @@
 
 Every call goes through edgeci.tools.run. `ostree admin` calls always run inside a user namespace
 (`unshare --user --map-root-user`): as real root, `ostree admin deploy` FIFREEZEs the filesystem that
-holds SYSROOT/boot, which on a plain directory is the machine's root filesystem (LAB.md).
+holds SYSROOT/boot, which on a plain directory is the machine's root filesystem (docs/lab.md).
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def refs(repo: PathLike, prefix: str | None = None) -> list[str]:
 
 def set_ref(repo: PathLike, ref: str, checksum: str) -> None:
     """Point `ref` at `checksum` (created or moved). Refuses a commit that is missing or partial:
-    `ostree refs --create` itself does not check (LAB.md)."""
+    `ostree refs --create` itself does not check (docs/lab.md)."""
     if not has_commit(repo, checksum):
         raise ToolError(f"refusing to point '{ref}' at {checksum}: the commit is missing or partial",
                         where=os.fspath(repo))
@@ -445,7 +445,7 @@ def admin_deployments(sysroot: PathLike) -> list[Deployment]:
 
 
 # `ostree admin` 2022.7 has no rollback/set-default: reorder through libostree, whose Python bindings
-# import only in Debian's own interpreter (LAB.md), run as a tool in the same user namespace.
+# import only in Debian's own interpreter (docs/lab.md), run as a tool in the same user namespace.
 SYSTEM_PYTHON = "/usr/bin/python3"
 _SET_DEFAULT = """
 import sys

@@ -1,7 +1,7 @@
 """qemu-system-x86_64 and mkfs.ext4 wrappers for the boot test: argv building, disk images, the KVM probe.
 
 Every program runs through edgeci.tools.run; a VM is a background Process stopped by its PID. On the
-machines this is built on /dev/kvm exists but guests hang under it (LAB.md), so KVM is used only after a
+machines this is built on /dev/kvm exists but guests hang under it (docs/lab.md), so KVM is used only after a
 short probe boot shows the kernel actually runs.
 """
 

@@ -436,7 +436,7 @@ def test_canary_credentials_appear_in_no_output_report_record_or_log(
 
 def test_a_copied_project_leaves_the_originals_stage_server_alone(drill_project: DrillProject,
                                                                   drill_release: DrillRelease) -> None:
-    from edgeci.stage import fetch_ref
+    from edgeci.stagehost import fetch_ref
 
     p = drill_project
     # a copy that carries the original's pid file too (cp -a of a project, CI artifacts on one runner)

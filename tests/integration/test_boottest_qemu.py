@@ -152,7 +152,7 @@ def test_a_failing_check_in_the_guest_exits_1_and_names_the_check_and_its_output
 @pytest.fixture
 def qemu_guest_on_gateway(composed_gateway: ComposedProject, tmp_path, monkeypatch):
     """A QemuGuest with the composed gateway deployed, and the list of VM processes it starts."""
-    from edgeci.boottest import qemu as bq
+    from edgeci.boottest import qemu_guest as bq
     from edgeci.tools import qemu as qemu_tool
 
     started: list = []
@@ -219,7 +219,7 @@ def test_cancelling_a_parallel_run_stops_the_other_devices_vm(qemu_guest_on_gate
 
 
 def test_a_deployment_that_cannot_boot_fails_the_boot_with_the_initramfs_reason(qemu_guest_on_gateway):
-    from edgeci.boottest.base import read_bls_entries
+    from edgeci.boottest.guest import read_bls_entries
     from edgeci.boottest.scenarios import boot_case
 
     guest, started = qemu_guest_on_gateway

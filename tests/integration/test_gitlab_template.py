@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from edgeci.ci.gitlab import MR_NOTE_MARKER
+from edgeci.ci.gitlab_setup import MR_NOTE_MARKER
 from tests.fixtures.gitlab_server import (
     GITLAB_TOKEN,
     REPO_ROOT,

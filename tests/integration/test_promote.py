@@ -335,7 +335,7 @@ def test_gate_report_has_one_testcase_per_rule_and_approve_refuses_a_stale_revie
         promote_lab: PromoteLab, capsys: pytest.CaptureFixture[str]) -> None:
     import xml.etree.ElementTree as ET
 
-    from edgeci.gate.policy import RULES
+    from edgeci.policy import RULES
 
     lab = promote_lab
     lab.gate.update({"freeze": ["2026-12-20..2027-01-05"]})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeci.promote import STEPS
+from edgeci.promotion import STEPS
 from edgeci.tools import ostree
 from tests.fixtures.promote import PROMOTE_BP, PromoteLab, kill_group, wait_for
 

@@ -208,7 +208,7 @@ def test_the_temporary_authfile_is_private_and_removed() -> None:
     assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
 
 
-# stderr lines real skopeo 1.9 printed against docker-registry 2.8 (see LAB.md recipes)
+# stderr lines real skopeo 1.9 printed against docker-registry 2.8
 SKOPEO_ERRORS = {
     'level=fatal msg="trying to reuse blob sha256:27 at destination: checking whether a blob sha256:27 exists in '
     '127.0.0.1:5055/edge: unauthorized: authentication required"': "wrong credentials for 127.0.0.1:5055",

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from edgeci.errors import StageError
-from edgeci.stage import StageServer, fetch_ref, server_info, serving
+from edgeci.reposerver import RepoServer, server_info, serving
+from edgeci.stagehost import fetch_ref
 from edgeci.tools import ostree
 from edgeci.tools.run import have
 from tests.fixtures.registry import EdgeProject, Registry, free_port, make_edge_project
@@ -143,7 +144,7 @@ def test_an_archive_changed_since_compose_is_not_staged(edge_project: EdgeProjec
 
 
 def test_stage_server_context_manager_serves_and_always_stops(edge_project: EdgeProject, tmp_path: Path) -> None:
-    with StageServer(edge_project.repo, state_dir=tmp_path / "state") as server:
+    with RepoServer(edge_project.repo, state_dir=tmp_path / "state") as server:
         pid = server.pid
         assert alive(pid)
         assert (tmp_path / "state" / "stageserver.json").is_file()
@@ -160,7 +161,7 @@ def test_stage_server_context_manager_serves_and_always_stops(edge_project: Edge
 def test_a_busy_port_is_one_clear_error(edge_project: EdgeProject) -> None:
     with serving(edge_project.repo) as first:
         with pytest.raises(StageError, match="cannot listen") as err:
-            StageServer(edge_project.repo, port=first.port).start()
+            RepoServer(edge_project.repo, port=first.port).start()
         assert "\n" not in str(err.value)
 
 
@@ -256,7 +257,7 @@ def test_push_and_serve_the_local_composers_image(request: pytest.FixtureRequest
     import json
 
     from edgeci.cli import COMMANDS
-    from edgeci.stage import stop_server
+    from edgeci.reposerver import stop_server
     from tests.fixtures.composed import edgeci_cli
 
     if "compose" not in COMMANDS:

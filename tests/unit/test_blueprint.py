@@ -22,18 +22,16 @@ from edgeci.blueprint import (
     Finding,
     ListOf,
     Table,
-    compare_versions,
     dotted,
     is_crypt_hash,
     key_lines,
     lint_blueprint,
     lint_file,
     load,
-    next_patch,
-    parse_semver,
 )
 from edgeci.config import BlueprintConfig, Config
 from edgeci.errors import BlueprintError, EdgeCIError
+from edgeci.version import compare_versions, next_patch, parse_semver
 
 REPO = Path(__file__).resolve().parents[2]
 SHA512 = ("$6$nHS1t8RyHVcG3XS5$0XlAWoEtXTGjHMqKxSd2QgmvNmjIsgAjplCg922BwFRgnimg1gkNkRMGEIX4."
@@ -142,7 +140,7 @@ def test_shipped_blueprints_lint_clean(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["gateway", "kiosk"])
 def test_shipped_checks_files_follow_the_format(name: str) -> None:
-    # The format of TESTOS.md: each check has a name and exactly one kind key.
+    # The checks.yaml format (docs/testos.md): each check has a name and exactly one kind key.
     kinds = {"file_contains", "file_exists", "user_exists", "group_exists", "service_enabled",
              "os_release_version", "booted_commit", "command"}
     doc = yaml.safe_load((REPO / "blueprints" / f"{name}.checks.yaml").read_text())

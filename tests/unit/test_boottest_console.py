@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from edgeci.boottest.base import (
+from edgeci.boottest.guest import (
     BootResult,
     CheckReport,
     parse_console,
@@ -15,7 +15,7 @@ from edgeci.boottest.base import (
 )
 from edgeci.boottest.scenarios import boot_case, check_cases
 from edgeci.checks import parse_checks
-from edgeci.report import Outcome
+from edgeci.junit import Outcome
 from edgeci.tools.qemu import VMSpec, argv, kernel_cmdline
 
 C1 = "a" * 64

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeci.boottest.base import INJECTED_CHECK_SCRIPT
-from edgeci.boottest.libvirt import (
+from edgeci.boottest.guest import INJECTED_CHECK_SCRIPT
+from edgeci.boottest.libvirt_guest import (
     LibvirtGuest,
     check_reachable_url,
     greenboot_state,
@@ -23,11 +23,13 @@ from edgeci.boottest.libvirt import (
     parse_rpm_ostree_status,
     virt_install_argv,
 )
-from edgeci.boottest.scenarios import Candidate, Production, run_scenarios
+from edgeci.boottest.scenarios import run_scenarios
 from edgeci.checks import parse_checks, render_scripts
 from edgeci.config import LibvirtConfig
 from edgeci.errors import BootTestError
-from edgeci.report import Outcome
+from edgeci.junit import Outcome
+from edgeci.production import Production
+from edgeci.record import Candidate
 from edgeci.tools.run import Completed
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "boottest"
@@ -253,11 +255,11 @@ def _factory(cfg: LibvirtConfig, vm: EdgeVM, tmp_path: Path, guests: list[Libvir
     return make
 
 
-CANDIDATE = Candidate(blueprint="gateway", version="1.0.1", arch="x86_64", ref=REF, commit=CAND, stage_url=STAGE_URL)
+CANDIDATE = Candidate(blueprint="gateway", version="1.0.1", arch="x86_64", ref=REF, checksum=CAND, stage_url=STAGE_URL)
 
 
 def _run(cfg, vm, tmp_path, production: Production | None = None):
-    production = production or Production(PROD_URL, PROD)
+    production = production or Production(url=PROD_URL, commit=PROD)
     guests: list[LibvirtGuest] = []
     result = run_scenarios("libvirt", _factory(cfg, vm, tmp_path, guests), CANDIDATE, production, CHECKS.checks)
     return result, guests
@@ -289,7 +291,7 @@ def test_install_upgrade_and_rollback_over_ssh(cfg, tmp_path):
 
 def test_a_check_failing_over_ssh_fails_with_its_output(cfg, tmp_path):
     vm = EdgeVM({STAGE_URL: CAND}, {"hostname": (1, "/etc/hostname does not contain:\ngateway\n")})
-    result, _ = _run(cfg, vm, tmp_path, Production("", None))
+    result, _ = _run(cfg, vm, tmp_path, Production(url="", commit=None))
     install = {c.name: c for c in result.scenarios[0].cases}
     assert install["hostname"].outcome is Outcome.FAILED
     assert install["hostname"].message == "check 'hostname' failed: /etc/hostname does not contain:"
@@ -300,14 +302,14 @@ def test_a_check_failing_over_ssh_fails_with_its_output(cfg, tmp_path):
 
 def test_the_stage_serving_another_commit_fails_booted_commit(cfg, tmp_path):
     vm = EdgeVM({STAGE_URL: PROD})  # ostreesetup installs the ref's tip: here not the candidate
-    result, _ = _run(cfg, vm, tmp_path, Production("", None))
+    result, _ = _run(cfg, vm, tmp_path, Production(url="", commit=None))
     install = {c.name: c for c in result.scenarios[0].cases}
     assert install["boot"].outcome is Outcome.FAILED and install["booted-candidate"].outcome is Outcome.FAILED
 
 
 def test_a_failed_install_is_an_error_and_the_vm_is_still_removed(cfg, tmp_path):
     vm = EdgeVM({STAGE_URL: CAND}, install_fails=True)
-    result, guests = _run(cfg, vm, tmp_path, Production("", None))
+    result, guests = _run(cfg, vm, tmp_path, Production(url="", commit=None))
     install = {c.name: c for c in result.scenarios[0].cases}
     assert install["setup"].outcome is Outcome.ERROR and "Couldn't find kernel" in install["setup"].message
     assert install["hostname"].outcome is Outcome.ERROR
@@ -318,9 +320,10 @@ def test_a_failed_install_is_an_error_and_the_vm_is_still_removed(cfg, tmp_path)
 def test_a_loopback_stage_url_is_refused_before_anything_is_created(cfg, tmp_path):
     vm = EdgeVM({})
     guests: list[LibvirtGuest] = []
-    bad = Candidate(blueprint="gateway", version="1.0.1", arch="x86_64", ref=REF, commit=CAND,
+    bad = Candidate(blueprint="gateway", version="1.0.1", arch="x86_64", ref=REF, checksum=CAND,
                     stage_url="http://127.0.0.1:8080/repo")
-    result = run_scenarios("libvirt", _factory(cfg, vm, tmp_path, guests), bad, Production("", None), CHECKS.checks)
+    result = run_scenarios("libvirt", _factory(cfg, vm, tmp_path, guests), bad, Production(url="", commit=None),
+                           CHECKS.checks)
     setup = result.scenarios[0].cases[0]
     assert setup.outcome is Outcome.ERROR and "loopback" in setup.message
     assert vm.calls == []

@@ -1,4 +1,4 @@
-"""edgeci.ci.gitlab and `edgeci gitlab …`: the generated child pipeline, and python-gitlab calls against a
+"""edgeci.ci.gitlab_setup and `edgeci gitlab …`: the generated child pipeline, and python-gitlab calls against a
 real HTTP server on 127.0.0.1 that speaks GitLab's endpoints (tests/fixtures/gitlab_server.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from edgeci.ci.gitlab import (
+from edgeci.ci.gitlab_setup import (
     MR_NOTE_MARKER,
     ChildOptions,
     Mode,
@@ -23,7 +23,7 @@ from edgeci.ci.gitlab import (
 )
 from edgeci.cli import main
 from edgeci.config import load_config
-from edgeci.stages.common import production_url
+from edgeci.production import production_url
 from edgeci.tools import ostree
 from tests.fixtures.composed import edgeci_cli
 from tests.fixtures.gitlab_server import GITLAB_TOKEN, FakeGitLab

@@ -1,4 +1,4 @@
-"""edgeci.ci.jenkins and `edgeci jenkins …`: the job's config.xml, jenkinsapi and the pending-input API
+"""edgeci.ci.jenkins_setup and `edgeci jenkins …`: the job's config.xml, jenkinsapi and the pending-input API
 against a real HTTP server on 127.0.0.1 that speaks Jenkins' endpoints (tests/fixtures/jenkins_server.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeci.ci.jenkins import JobSpec, job_config_xml, managed_fields
+from edgeci.ci.jenkins_setup import JobSpec, job_config_xml, managed_fields
 from edgeci.cli import main
 from tests.fixtures.composed import edgeci_cli
 from tests.fixtures.gitrepo import GitRepo, blueprint_text

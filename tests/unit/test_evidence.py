@@ -10,19 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from edgeci import errors as E
+from edgeci.errors import EvidenceError, KeyFileError, VerificationError
 from edgeci.evidence import dsse
-from edgeci.evidence import errors as E
 from edgeci.evidence.bundle import Bundle, load_bundle, write_bundle
-from edgeci.evidence.errors import EvidenceError, KeyFileError, VerificationError
-from edgeci.evidence.keys import (
-    SigningKey,
-    env_var,
-    keyid_of,
-    load_public_key,
-    load_signing_key,
-    parse_public_key,
-    write_key_pair,
-)
 from edgeci.evidence.predicates import (
     APPROVAL,
     BOOT_TEST,
@@ -32,6 +23,15 @@ from edgeci.evidence.predicates import (
     ComposeProvenance,
     ScenarioResult,
     parse_predicate,
+)
+from edgeci.evidence.rolekeys import (
+    SigningKey,
+    env_var,
+    keyid_of,
+    load_public_key,
+    load_signing_key,
+    parse_public_key,
+    write_key_pair,
 )
 from edgeci.evidence.statement import PAYLOAD_TYPE, STATEMENT_TYPE, Statement, covers, subjects
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from edgeci.errors import VerificationError
 from edgeci.evidence import dsse
 from edgeci.evidence.bundle import Bundle, load_bundle, write_bundle
 from edgeci.evidence.chain import ExternalApproval, verify_chain
-from edgeci.evidence.errors import VerificationError
-from edgeci.evidence.keys import SigningKey, write_key_pair
 from edgeci.evidence.predicates import ApprovalDecision, BootTestResult, ComposeProvenance, ScenarioResult
+from edgeci.evidence.rolekeys import SigningKey, write_key_pair
 from edgeci.evidence.statement import subjects
 from edgeci.trust import effective, load_policy
 

@@ -1,4 +1,4 @@
-"""edgeci.gate.local: approval files bound to a checksum, and who counts as an author."""
+"""edgeci.approvals.local_source: approval files bound to a checksum, and who counts as an author."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from edgeci.approvals import local_source as local
 from edgeci.errors import GateError
-from edgeci.gate import local
-from edgeci.gate.policy import Person
+from edgeci.policy import Person
 from edgeci.tools.run import run
 
 C = "1" * 64

@@ -11,7 +11,7 @@ import pytest
 from edgeci.commands import keys as keys_command
 from edgeci.config import load_config
 from edgeci.errors import ConfigError
-from edgeci.evidence.keys import load_public_key, load_signing_key
+from edgeci.evidence.rolekeys import load_public_key, load_signing_key
 
 
 def run(argv: list[str], tmp_path: Path) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from edgeci.report import Case, Outcome, Suite, report_path, write_junit
+from edgeci.junit import Case, Outcome, Suite, report_path, write_junit
 from edgeci.tools.run import register_secret
 
 

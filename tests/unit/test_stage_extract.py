@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from edgeci.errors import StageError
+from edgeci.image import Budget, extract_layer, open_image, populate_from_image, populate_from_tar, verify_layers
 from edgeci.oci import LAYER_TAR, LAYER_TAR_GZIP, MANIFEST_TYPE
-from edgeci.stage import Budget, extract_layer, open_image, populate_from_image, populate_from_tar, verify_layers
 
 PREFIX = "usr/share/nginx/html/repo"
 TOO_BIG = r"larger than stage\.max_archive_bytes"

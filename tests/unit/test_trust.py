@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgeci.errors import ConfigError
-from edgeci.evidence.keys import SigningKey, write_key_pair
+from edgeci.evidence.rolekeys import SigningKey, write_key_pair
 from edgeci.trust import (
     DEFAULT_BACKENDS,
     DEFAULT_SCENARIOS,

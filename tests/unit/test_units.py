@@ -1,6 +1,6 @@
 """The stage host's set-up (`edgeci stage units`), tested as files against golden copies in tests/data/.
 
-systemd and podman auto-update cannot run here (LAB.md): the files are compared byte for byte, and
+systemd and podman auto-update cannot run in CI (docs/lab.md): the files are compared byte for byte, and
 the unit is parsed to check the settings `podman generate systemd --new` produces.
 Regenerate the golden files with EDGECI_UPDATE_GOLDEN=1 after an intended change, and review the diff.
 """
@@ -17,7 +17,7 @@ import yaml
 
 from edgeci.config import Config, load_config
 from edgeci.errors import ConfigError
-from edgeci.stage import render_units, units_image
+from edgeci.stagehost import render_units, units_image
 
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "stage_units"
 PUSH = {"destination": "docker://quay.example.com/edge/edge", "tags": ["1.2.0", "latest"],

@@ -19,11 +19,15 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
 
 from edgeci.errors import GateError
-from edgeci.gate.policy import Approval, Evidence, Person
+from edgeci.jenkins_api import job_url
+from edgeci.policy import Approval, Evidence, Person
+
+if TYPE_CHECKING:
+    from edgeci.approvals import SourceContext
+    from edgeci.record import Candidate
 
 CHECKSUM_PARAMETER = "EDGECI_CHECKSUM"
 
@@ -35,11 +39,6 @@ def _import_jenkinsapi() -> Any:
         raise GateError("jenkinsapi is not installed (gate.source is jenkins)",
                         fix="install it: pip install 'edgeci[jenkins]'") from None
     return jenkins
-
-
-def job_url(base: str, job: str) -> str:
-    """folder/sub/name → BASE/job/folder/job/sub/job/name."""
-    return base.rstrip("/") + "".join(f"/job/{quote(part)}" for part in job.strip("/").split("/"))
 
 
 def collect(cfg: Any, checksum: str, *, approver: str | None = None, approved_checksum: str | None = None,
@@ -112,3 +111,17 @@ def collect(cfg: Any, checksum: str, *, approver: str | None = None, approved_ch
             user=approver, checksum=named, time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             source=f"jenkins input {job} #{number}", groups=groups))
     return ev
+
+
+class JenkinsSource:
+    """The input step's submitter of the build that asked for approval, read through the Jenkins API."""
+
+    name = "jenkins"
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+
+    def collect(self, candidate: Candidate) -> Evidence:
+        o = self.ctx.options
+        return collect(self.ctx.cfg, candidate.checksum, approver=o.get("approver"),
+                       approved_checksum=o.get("approved_checksum"), build=o.get("build"), env=self.ctx.env)

@@ -1,10 +1,9 @@
-"""The stage repository: extract the ostree repo from an edge-container image safely, serve it, verify it.
+"""Safe extraction of the ostree repo inside an edge-container image (OCI layout or archive).
 
 Extraction verifies every layer digest (and uncompressed diff_id) before writing a byte, then writes
 only entries below the repo path, refusing absolute paths, `..`, links that leave the repo, device
 nodes and fifos, and archives over the size bound; it writes into a temporary directory inside the
-stage directory, swapped into place only when complete. StageServer runs `python -m
-edgeci.stageserver` in the background; wait_for_commit polls a stage host until it serves a commit.
+target directory, swapped into place only when complete. Used by the stage and by promote.
 """
 
 from __future__ import annotations
@@ -16,40 +15,26 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import sys
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from edgeci.errors import StageError, StageMismatch
-from edgeci.oci import CHUNK, ArchiveReader, OCIError
-from edgeci.wait import Waiting, WaitTimeout
+from edgeci.fmt import human_bytes
+from edgeci.oci import CHUNK, ArchiveReader, OCIError, sha256_file
 
 if TYPE_CHECKING:
-    from edgeci.config import Config
+    pass
+
 
 GZIP_TYPES = ("application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.docker.image.rootfs.diff.tar.gzip")
+
+
 TAR_TYPES = ("application/vnd.oci.image.layer.v1.tar", "application/vnd.docker.image.rootfs.diff.tar")
-PID_FILE = "stageserver.json"
-LOG_FILE = "stageserver.log"
-
-
-def _fmt_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} bytes"
 
 
 @dataclass
@@ -64,12 +49,10 @@ class Budget:
         self.used += n
         if self.limit and self.used > self.limit:
             raise StageError(
-                f"{self.what} is larger than stage.max_archive_bytes ({_fmt_bytes(self.limit)})",
+                f"{self.what} is larger than stage.max_archive_bytes ({human_bytes(self.limit)})",
                 fix="raise stage.max_archive_bytes if the image is genuinely that large",
             )
 
-
-# -- image sources -------------------------------------------------------------------------------
 
 @dataclass
 class Layer:
@@ -117,7 +100,7 @@ def open_image(path: str | os.PathLike[str], digest: str | None = None, *, max_b
     if not p.exists():
         raise StageError("image not found", where=str(p), fix="run 'edgeci compose' (or 'edgeci push') first")
     if p.is_file() and max_bytes and p.stat().st_size > max_bytes:
-        raise StageError(f"archive is larger than stage.max_archive_bytes ({_fmt_bytes(max_bytes)})",
+        raise StageError(f"archive is larger than stage.max_archive_bytes ({human_bytes(max_bytes)})",
                          where=str(p), fix="raise stage.max_archive_bytes if the image is genuinely that large")
     try:
         reader = ArchiveReader(p)
@@ -210,8 +193,6 @@ def verify_layers(src: ImageSource, budget: Budget) -> list[Layer]:
                              where=str(src.path), fix="push or compose the image again")
     return layers
 
-
-# -- safe extraction -----------------------------------------------------------------------------
 
 def _clean_name(raw: str, what: str) -> str:
     """A member name as a relative path; StageError for absolute paths and `..`."""
@@ -368,8 +349,6 @@ def _extract_member(tar: tarfile.TarFile, m: tarfile.TarInfo, name: str, root: s
     return 1
 
 
-# -- populating the stage directory --------------------------------------------------------------
-
 @dataclass
 class Extracted:
     repo: Path  # the ostree repo, served as the stage
@@ -418,16 +397,11 @@ def populate_from_tar(tar_path: str | os.PathLike[str], stage_dir: str | os.Path
     if not p.is_file():
         raise StageError("commit archive not found", where=str(p), fix="run 'edgeci compose' first")
     if max_bytes and p.stat().st_size > max_bytes:
-        raise StageError(f"archive is larger than stage.max_archive_bytes ({_fmt_bytes(max_bytes)})", where=str(p),
+        raise StageError(f"archive is larger than stage.max_archive_bytes ({human_bytes(max_bytes)})", where=str(p),
                          fix="raise stage.max_archive_bytes if the archive is genuinely that large")
-    if sha256:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-        if h.hexdigest() != sha256.removeprefix("sha256:"):
-            raise StageError("commit archive does not match the sha256 in the build record (corrupt or replaced)",
-                             where=str(p), fix="run 'edgeci compose' again")
+    if sha256 and sha256_file(p) != sha256.removeprefix("sha256:"):
+        raise StageError("commit archive does not match the sha256 in the build record (corrupt or replaced)",
+                         where=str(p), fix="run 'edgeci compose' again")
 
     def fill(tmp: Path, budget: Budget) -> int:
         with open(p, "rb") as raw:  # tarfile's r|* detects gzip/xz/bzip2 itself
@@ -477,405 +451,46 @@ def check_repo_commit(repo: Path, ref: str, expected: str) -> None:
                          fix="compose again")
 
 
-# -- HTTP -------------------------------------------------------------------------------------------
-
-def _opener(url: str) -> urllib.request.OpenerDirector:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    return urllib.request.build_opener()
-
-
-def ref_url(base: str, ref: str) -> str:
-    return f"{base.rstrip('/')}/refs/heads/{ref}"
+def local_image_path(reference: str, resolve: Callable[[str], Path]) -> Path | None:
+    """The layout/archive path of an `oci:PATH[:TAG]` or `oci-archive:PATH[:TAG]` reference; None for a registry."""
+    for prefix in ("oci:", "oci-archive:"):
+        if reference.startswith(prefix):
+            return resolve(reference[len(prefix):].split(":")[0])
+    return None
 
 
-def fetch_ref(base: str, ref: str, *, timeout: float = 10.0) -> str | None:
-    """The checksum BASE/refs/heads/REF serves; None when it answers 404.
+def extract_pushed(destination: str, digest: str, dest_dir: str | os.PathLike[str], *, repo_path: str,
+                   max_bytes: int, resolve: Callable[[str], Path], access: Any = None,
+                   scratch_parent: str | os.PathLike[str] | None = None) -> Extracted:
+    """The ostree repo inside exactly the pushed image DESTINATION@DIGEST, extracted into `dest_dir`.
 
-    Unreachable or other HTTP errors raise StageError naming the URL.
+    A local layout/archive is opened in place; a registry image is copied by digest with skopeo into a scratch
+    layout (under `scratch_parent`, removed afterwards). Every layer is verified before anything is written.
+    `access` is a tools.skopeo.Access for the registry (TLS, credentials, retries).
     """
-    url = ref_url(base, ref)
+    local = local_image_path(destination, resolve)
+    pulled: str | None = None
     try:
-        with _opener(url).open(url, timeout=timeout) as resp:
-            body = resp.read(4096).decode("ascii", errors="replace").strip()
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return None
-        raise StageError(f"stage answered HTTP {e.code} {e.reason}", where=url,
-                         fix="check the stage server's log") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        reason = getattr(reason, "strerror", None) or str(reason)
-        raise StageError(f"stage unreachable: {reason}", where=url,
-                         fix="check that the stage server runs and stage.url") from None
-    return body
-
-
-def wait_for_commit(
-    base: str,
-    ref: str,
-    expected: str,
-    *,
-    deadline: float,
-    interval: float = 5.0,
-    backoff: float = 1.5,
-    max_interval: float = 60.0,
-    progress: Callable[[str, float], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> str:
-    """Poll BASE/refs/heads/REF until it serves `expected`; StageMismatch (naming both) at the deadline.
-
-    A stage that was never reachable is an infrastructure error (StageError), not a mismatch.
-    """
-    served: dict[str, str | None] = {"last": None}
-    reached = {"ever": False}
-    url = ref_url(base, ref)
-
-    def check() -> tuple[str, str | None]:
-        try:
-            value = fetch_ref(base, ref, timeout=min(30.0, max(1.0, interval * 2)))
-        except StageError as e:  # a stage host restarting its container: not yet, until the deadline
-            return e.message, None
-        reached["ever"] = True
-        served["last"] = value
-        if value == expected:
-            return f"serves {expected}", value
-        if value is None:
-            return f"no ref {ref} yet", None
-        return f"serves {value}", None
-
-    waiting: Waiting[str] = Waiting(deadline=deadline, interval=interval, backoff=backoff,
-                                    max_interval=max_interval, progress=progress, sleep=sleep, clock=clock)
-    try:
-        return waiting.wait(check, what=f"{url} to serve {expected}")
-    except WaitTimeout as e:
-        if not reached["ever"]:
-            raise StageError(f"{e.last_state} (gave up after {deadline:g} s)", where=url,
-                             fix="check that the stage host runs the edge-container and stage.url") from None
-        last = served["last"]
-        raise StageMismatch(
-            f"after {deadline:g} s the stage serves {last or 'no commit'}, expected {expected}",
-            where=url,
-            fix="check podman auto-update on the stage host (journalctl -u podman-auto-update), "
-                "or raise stage.wait_deadline",
-        ) from None
-
-
-# -- the stage server process ---------------------------------------------------------------------
-
-class StageServer:
-    """`python -m edgeci.stageserver DIR` in the background; a context manager that always stops it.
-
-    `detach()` leaves it running (for `edgeci stage serve`); `stop_server()` stops it later by PID.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 0,
-                 state_dir: str | os.PathLike[str] | None = None, ready_timeout: float = 15.0) -> None:
-        self.directory = Path(directory).resolve()
-        self.host = host
-        self.port = port
-        self.state_dir = Path(state_dir) if state_dir is not None else None
-        self.ready_timeout = ready_timeout
-        self.process: Any = None
-        self.url = ""
-        self._tmp: str | None = None
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid) if self.process is not None else 0
-
-    @property
-    def pid_file(self) -> Path | None:
-        return self.state_dir / PID_FILE if self.state_dir else None
-
-    def start(self) -> StageServer:
-        from edgeci.tools.run import start
-
-        if not self.directory.is_dir():
-            raise StageError("nothing to serve: directory missing", where=str(self.directory))
-        self._tmp = tempfile.mkdtemp(prefix="edgeci-stage-")
-        port_file = Path(self._tmp) / "port"
-        log = (self.state_dir / LOG_FILE) if self.state_dir else Path(self._tmp) / LOG_FILE
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.process = start([sys.executable, "-m", "edgeci.stageserver", str(self.directory),
-                              "--host", self.host, "--port", str(self.port), "--port-file", str(port_file)],
-                             log_path=log)
-        end = time.monotonic() + self.ready_timeout
-        while not port_file.exists():
-            if not self.process.alive():
-                out = self.process.output().strip().splitlines()
-                self._cleanup_tmp()
-                raise StageError(f"the stage server exited: {out[-1] if out else 'no output'}",
-                                 where=f"{self.host}:{self.port}", fix="pick another stage.port, or see " + str(log))
-            if time.monotonic() > end:
-                self.stop()
-                raise StageError(f"the stage server did not listen within {self.ready_timeout:g} s", where=str(log))
-            time.sleep(0.02)
-        port = int(port_file.read_text().strip())
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{port}"
-        self.port = port
-        if self.pid_file is not None:
-            from edgeci.record import atomic_write_text
-
-            atomic_write_text(self.pid_file, json.dumps(
-                {"pid": self.pid, "url": self.url, "dir": str(self.directory),
-                 "state_dir": str(self.pid_file.parent.resolve())}, indent=2) + "\n")
-        return self
-
-    def _cleanup_tmp(self) -> None:
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-        if self.pid_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.pid_file.unlink()
-        self._cleanup_tmp()
-
-    def detach(self) -> None:
-        """Leave the server running after this process exits (`edgeci stage serve`)."""
-        self._cleanup_tmp()
-        self.process = None
-
-    def __enter__(self) -> StageServer:
-        return self.start() if self.process is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else None
-
-
-def _is_stage_server(pid: int, directory: str) -> bool:
-    state = _proc_state(pid)
-    if state is None or state == "Z":
-        return False
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"edgeci.stageserver" in args and directory.encode() in args
-
-
-def server_info(state_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The pid file's content when that server still runs, else None."""
-    pf = Path(state_dir) / PID_FILE
-    try:
-        info = json.loads(pf.read_text())
-        pid, directory = int(info["pid"]), str(info["dir"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    # A pid file copied along with a project (cp -a, CI artifacts on a shared runner) names the server of
-    # another stage directory that still exists: not ours to report or stop.
-    owner = info.get("state_dir")
-    if owner and Path(owner).is_dir() and Path(owner).resolve() != Path(state_dir).resolve():
-        return None
-    return info if _is_stage_server(pid, directory) else None
-
-
-def stop_server(state_dir: str | os.PathLike[str], *, grace: float = 5.0) -> int | None:
-    """Stop the server recorded in state_dir's pid file (only if that PID still is our server).
-
-    Returns the PID stopped, or None when none was running. The pid file is removed either way.
-    """
-    pf = Path(state_dir) / PID_FILE
-    info = server_info(state_dir)
-    with contextlib.suppress(FileNotFoundError):
-        pf.unlink()
-    if info is None:
-        return None
-    pid = int(info["pid"])
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return pid
-        except PermissionError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        end = time.monotonic() + wait
-        while time.monotonic() < end:
-            if _proc_state(pid) in (None, "Z"):
-                return pid
-            time.sleep(0.05)
-    raise StageError(f"the stage server (pid {pid}) does not stop", where=str(pf), fix=f"kill {pid}")
-
-
-@contextlib.contextmanager
-def serving(directory: str | os.PathLike[str], **kw: Any) -> Iterator[StageServer]:
-    """`with serving(repo) as server:` — start, yield, always stop."""
-    server = StageServer(directory, **kw).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-# -- the stage host's set-up (podman + systemd), as the runbook does it by hand --------------------
-
-def units_image(cfg: Config, name: str, push: Mapping[str, Any] | None) -> str:
-    """HOST/REPO:TAG the stage host runs: the pushed repository with its moving tag ('latest').
-
-    podman auto-update follows a tag, so the unit names the image by tag, not by digest.
-    """
-    from edgeci.errors import ConfigError
-
-    if push:
-        dest = str(push.get("destination") or "")
-        tags = [str(t) for t in push.get("tags") or []]
-    else:
-        dest = cfg.registry.image.format(blueprint=name)
-        tags = ["latest"]
-    if not dest.startswith("docker://"):
-        raise ConfigError(f"the stage host pulls from a registry, but the image goes to '{dest}'",
-                          where="registry.image",
-                          fix="set registry.image to docker://HOST/REPO (podman auto-update needs a registry)")
-    tag = "latest" if "latest" in tags or not tags else tags[0]
-    return f"{dest[len('docker://'):]}:{tag}"
-
-
-def _shell_quote(value: str) -> str:
-    import shlex
-
-    return shlex.quote(value)
-
-
-def render_units(cfg: Config, name: str, image: str) -> dict[str, str]:
-    """The stage host's files: podman-run.sh, container-NAME.service, enable-auto-update.sh, README.md.
-
-    The unit is what `podman generate systemd --new --name NAME` prints for the run line (podman 4).
-    """
-    container = cfg.stage.container_name.format(blueprint=name)
-    cport = cfg.stage.container_port
-    hport = urllib.parse.urlsplit(cfg.stage.url).port if cfg.stage.url else None
-    publish = f"{hport or cport}:{cport}"
-    unit = f"container-{container}.service"
-    authfile = cfg.stage.host_authfile
-    run_opts = ["-d", "--name", container, "--label", "io.containers.autoupdate=registry"]
-    if authfile:
-        run_opts += ["--label", f"io.containers.autoupdate.authfile={authfile}", "--authfile", authfile]
-    if not cfg.registry.tls_verify:
-        run_opts.append("--tls-verify=false")
-    run_opts += ["-p", publish]
-    run_line = "podman run " + " ".join(_shell_quote(o) for o in [*run_opts, image])
-
-    unit_run = [o for o in run_opts if o != "-d"]
-    pairs: list[str] = []
-    i = 0
-    while i < len(unit_run):  # podman prints one option per line, values on the option's line
-        opt = unit_run[i]
-        if opt in ("--name", "--label", "--authfile", "-p") and i + 1 < len(unit_run):
-            pairs.append(f"{opt} {unit_run[i + 1]}")
-            i += 2
+        if local is not None:
+            src = open_image(local, digest, max_bytes=max_bytes)
         else:
-            pairs.append(opt)
-            i += 1
-    exec_start = ["--cidfile=%t/%n.ctr-id", "--cgroups=no-conmon", "--rm", "--sdnotify=conmon", "-d",
-                  "--replace", *pairs[:-1], f"{pairs[-1]} {image}"]
-    service = "\n".join([
-        f"# {unit}",
-        f"# generated by edgeci for blueprint {name}; equivalent to",
-        f"# `podman generate systemd --new --name {container}` for the run line in podman-run.sh",
-        "",
-        "[Unit]",
-        f"Description=Podman {unit}",
-        "Documentation=man:podman-generate-systemd(1)",
-        "Wants=network-online.target",
-        "After=network-online.target",
-        "RequiresMountsFor=%t/containers",
-        "",
-        "[Service]",
-        "Environment=PODMAN_SYSTEMD_UNIT=%n",
-        "Restart=on-failure",
-        "TimeoutStopSec=70",
-        "ExecStartPre=/bin/rm \\",
-        "\t-f %t/%n.ctr-id",
-        "ExecStart=/usr/bin/podman run \\",
-        *[f"\t{o} \\" for o in exec_start[:-1]],
-        f"\t{exec_start[-1]}",
-        "ExecStop=/usr/bin/podman stop \\",
-        "\t--ignore -t 10 \\",
-        "\t--cidfile=%t/%n.ctr-id",
-        "ExecStopPost=/usr/bin/podman rm \\",
-        "\t-f \\",
-        "\t--ignore -t 10 \\",
-        "\t--cidfile=%t/%n.ctr-id",
-        "Type=notify",
-        "NotifyAccess=all",
-        "",
-        "[Install]",
-        "WantedBy=default.target",
-        "",
-    ])
-    run_sh = "\n".join([
-        "#!/bin/sh",
-        f"# Run the stage container for blueprint {name} by hand (the systemd unit does the same).",
-        "# io.containers.autoupdate=registry: podman auto-update pulls the tag again and restarts",
-        "# the container whenever the registry's digest for it changes.",
-        "set -eu",
-        f"exec {run_line}",
-        "",
-    ])
-    enable_sh = "\n".join([
-        "#!/bin/sh",
-        f"# Install {unit} and enable podman auto-update on the stage host (run as root).",
-        "set -eu",
-        'here="$(cd "$(dirname "$0")" && pwd)"',
-        f'install -m 0644 "$here/{unit}" /etc/systemd/system/{unit}',
-        "systemctl daemon-reload",
-        f"systemctl enable --now {unit}",
-        "# checks the registry daily by default; `systemctl edit podman-auto-update.timer` to change",
-        "systemctl enable --now podman-auto-update.timer",
-        "",
-    ])
-    host = image.split("/", 1)[0]
-    notes = []
-    if authfile:
-        notes.append(f"- The registry needs credentials: `podman login --authfile {authfile} {host}` once on the "
-                     "stage host (auto-update reads the same file through the label).")
-    else:
-        notes.append(f"- If {host} needs credentials, set stage.host_authfile and regenerate, then "
-                     f"`podman login --authfile FILE {host}` on the stage host.")
-    if not cfg.registry.tls_verify:
-        notes.append(f"- {host} is plain HTTP: add `[[registry]] location=\"{host}\" insecure=true` to "
-                     "/etc/containers/registries.conf so auto-update can reach it.")
-    readme = "\n".join([
-        f"# Stage host for blueprint {name}",
-        "",
-        f"The stage host runs the edge-container image `{image}` with podman and serves its ostree repo",
-        f"on port {hport or cport} (`http://STAGE-HOST:{hport or cport}/repo`; set stage.url to it).",
-        "podman auto-update replaces the container whenever `edgeci push` moves the tag.",
-        "",
-        "On the stage host, as root:",
-        "",
-        "    sh enable-auto-update.sh         # installs and starts the unit, enables podman-auto-update.timer",
-        "    podman auto-update --dry-run     # shows whether the container would be updated",
-        "",
-        "In CI, after `edgeci push`:",
-        "",
-        f"    edgeci stage wait {name}",
-        "",
-        "Files:",
-        "",
-        "- podman-run.sh: the podman run line, for a manual start",
-        f"- {unit}: the systemd unit (`podman generate systemd --new` equivalent)",
-        "- enable-auto-update.sh: installs the unit and enables podman-auto-update.timer",
-        "",
-        "Notes:",
-        "",
-        *notes,
-        "",
-    ])
-    return {"podman-run.sh": run_sh, unit: service, "enable-auto-update.sh": enable_sh, "README.md": readme}
+            from edgeci.tools import skopeo
+
+            parent = Path(scratch_parent) if scratch_parent is not None else Path(dest_dir).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            pulled = tempfile.mkdtemp(dir=parent, prefix=".pull-")
+            name = destination.split("@")[0]
+            source = name if "://" in name else f"docker://{name}"
+            a = access or skopeo.Access()
+            skopeo.copy(f"{source}@{digest}", f"oci:{pulled}:pulled", retry_times=a.retry_times,
+                        src_tls_verify=a.tls_verify, authfile=a.authfile, src_creds=a.creds,
+                        attempts=a.attempts, backoff=a.backoff)
+            src = open_image(pulled, digest, max_bytes=max_bytes)
+        with src:
+            if src.digest != digest:
+                raise StageError(f"the image is {src.digest}, the record says {digest}",
+                                 where=f"{destination}@{digest}")
+            return populate_from_image(src, dest_dir, repo_path=repo_path, max_bytes=max_bytes)
+    finally:
+        if pulled:
+            shutil.rmtree(pulled, ignore_errors=True)

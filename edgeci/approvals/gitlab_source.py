@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeci.errors import GateError
-from edgeci.gate.policy import Approval, Evidence, Person, approve_mark
+from edgeci.gitlab_api import Connection, connect
+from edgeci.policy import Approval, Evidence, Person, approve_mark
+
+if TYPE_CHECKING:
+    from edgeci.approvals import SourceContext
+    from edgeci.record import Candidate
 
 CHECKSUM_VARIABLE = "EDGECI_CHECKSUM"
-
-
-def _import_gitlab() -> Any:
-    try:
-        import gitlab
-    except ImportError:
-        raise GateError("python-gitlab is not installed (gate.source is gitlab)",
-                        fix="install it: pip install 'edgeci[gitlab]'") from None
-    return gitlab
 
 
 def _user(data: Mapping[str, Any] | None) -> tuple[str, tuple[str, ...]]:
@@ -43,46 +39,12 @@ def _user(data: Mapping[str, Any] | None) -> tuple[str, tuple[str, ...]]:
     return username, aliases
 
 
-class _Client:
-    """The few GitLab calls the gate needs, with python-gitlab's errors turned into GateError."""
-
-    def __init__(self, url: str, project: str, token: str, gitlab_mod: Any) -> None:
-        self.url = url
-        self.mod = gitlab_mod
-        self.gl = gitlab_mod.Gitlab(url, private_token=token or None, timeout=30, retry_transient_errors=True)
-        self.project = self.gl.projects.get(project, lazy=True)
-        self._members: dict[str, set[str]] = {}
-
-    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        import requests
-
-        try:
-            return fn(*args, **kwargs)
-        except self.mod.exceptions.GitlabAuthenticationError as e:
-            raise GateError(f"GitLab refused the token while reading {what}: {e}", where=self.url,
-                            fix="set EDGECI_GITLAB_TOKEN to a token with read_api scope") from None
-        except self.mod.exceptions.GitlabError as e:
-            raise GateError(f"GitLab could not give {what}: {e}", where=self.url) from None
-        except requests.exceptions.RequestException as e:
-            raise GateError(f"GitLab is unreachable while reading {what}: {type(e).__name__}", where=self.url,
-                            fix="check gate.gitlab.url (or CI_SERVER_URL)") from None
-
-    def members(self, group: str) -> set[str]:
-        if group not in self._members:
-            g = self.gl.groups.get(group, lazy=True)
-            users = self.call(f"the members of group {group}", g.members_all.list, get_all=True)
-            self._members[group] = {str(u.username).casefold() for u in users}
-        return self._members[group]
-
-    def groups_of(self, username: str, wanted: list[str]) -> frozenset[str]:
-        return frozenset(g for g in wanted if username.casefold() in self.members(g))
-
-
-def find_deployment(client: _Client, environment: str, job_id: int, *, scan: int = 200) -> int | None:
+def find_deployment(client: Connection, environment: str, job_id: int, *, scan: int = 200) -> int | None:
     """The deployment a CI job (CI_JOB_ID) created in `environment` (newest first, at most `scan`)."""
 
     def search() -> int | None:
-        deps = client.project.deployments.list(environment=environment, order_by="id", sort="desc", iterator=True)
+        deps = client.project(lazy=True).deployments.list(environment=environment, order_by="id", sort="desc",
+                                                          iterator=True)
         for i, d in enumerate(deps):
             if i >= scan:
                 break
@@ -99,14 +61,8 @@ def collect(cfg: Any, checksum: str, *, merge_request: int | None = None, deploy
             env: Mapping[str, str] | None = None) -> Evidence:
     env = os.environ if env is None else env
     g = cfg.gate.gitlab
-    url = g.url or env.get("CI_SERVER_URL", "")
-    project = g.project or env.get("CI_PROJECT_ID", "")
-    if not url or not project:
-        raise GateError("GitLab is the approval source but its URL or project is unknown",
-                        where="gate.gitlab.url" if not url else "gate.gitlab.project",
-                        fix="set gate.gitlab.url and gate.gitlab.project (CI_SERVER_URL/CI_PROJECT_ID in GitLab CI)")
-    token = cfg.secret("GITLAB_TOKEN")
-    client = _Client(url, project, token, _import_gitlab())
+    client = connect(cfg, env, token_required=False)
+    project = client.project(lazy=True)
     wanted_groups = list(cfg.gate.allowed_groups)
     ev = Evidence()
 
@@ -123,7 +79,7 @@ def collect(cfg: Any, checksum: str, *, merge_request: int | None = None, deploy
                             "or pass --deployment ID or --merge-request IID")
 
     if dep_id is not None:
-        dep = client.call(f"deployment {dep_id}", client.project.deployments.get, dep_id)
+        dep = client.call(f"deployment {dep_id}", project.deployments.get, dep_id)
         a = dep.attributes
         pinned = ""
         deployable = a.get("deployable") or {}
@@ -133,7 +89,7 @@ def collect(cfg: Any, checksum: str, *, merge_request: int | None = None, deploy
                 ev.people.append(Person(role, (name, *aliases)))
         pipeline_id = (deployable.get("pipeline") or {}).get("id")
         if pipeline_id:
-            pipe = client.call(f"pipeline {pipeline_id}", client.project.pipelines.get, pipeline_id)
+            pipe = client.call(f"pipeline {pipeline_id}", project.pipelines.get, pipeline_id)
             name, aliases = _user(pipe.attributes.get("user"))
             if name:
                 ev.people.append(Person("pipeline triggerer", (name, *aliases)))
@@ -154,7 +110,7 @@ def collect(cfg: Any, checksum: str, *, merge_request: int | None = None, deploy
                               + (f" waiting for {left} more approval(s)" if left else ""))
 
     if mr_iid is not None:
-        mr = client.call(f"merge request !{mr_iid}", client.project.mergerequests.get, mr_iid)
+        mr = client.call(f"merge request !{mr_iid}", project.mergerequests.get, mr_iid)
         name, aliases = _user(mr.attributes.get("author"))
         if name:
             ev.people.append(Person("merge-request author", (name, *aliases)))
@@ -175,3 +131,17 @@ def collect(cfg: Any, checksum: str, *, merge_request: int | None = None, deploy
             ev.approvals.append(Approval(user=name, checksum=mark, time=when, source=f"gitlab merge request !{mr_iid}",
                                          aliases=aliases, groups=groups(name)))
     return ev
+
+
+class GitLabSource:
+    """Deployment approvals of the protected environment and merge-request approvals, read through the API."""
+
+    name = "gitlab"
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+
+    def collect(self, candidate: Candidate) -> Evidence:
+        o = self.ctx.options
+        return collect(self.ctx.cfg, candidate.checksum, merge_request=o.get("merge_request"),
+                       deployment=o.get("deployment"), env=self.ctx.env)

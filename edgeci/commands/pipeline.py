@@ -63,12 +63,12 @@ def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str],
           served_prod: str = "") -> list[str]:
     extra = ["--rebuild"] if rebuild else []
     if stage == "lint":
-        from edgeci.stages.common import blueprint_path
+        from edgeci.target import blueprint_path
 
         return [*config_args, "lint", str(blueprint_path(cfg, name)), *extra]
     if stage == "compose":
         argv = [*config_args, "compose", name, "--arch", arch, *extra]
-        from edgeci.stages.common import production_url
+        from edgeci.production import production_url
 
         url = production_url(cfg, name, arch)
         url = served_prod if url and served_prod else url  # the same repo, over HTTP
@@ -79,7 +79,7 @@ def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str],
 
 
 def _stage_server_running(record: BuildRecord | None) -> bool:
-    from edgeci.stage import server_info
+    from edgeci.reposerver import server_info
 
     sec = record.get("stage") if record else None
     return bool(sec and sec.get("dir") and server_info(str(sec["dir"])) is not None)
@@ -87,7 +87,7 @@ def _stage_server_running(record: BuildRecord | None) -> bool:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.errors import BlueprintError
-    from edgeci.stage import StageServer
+    from edgeci.reposerver import RepoServer
     from edgeci.ui import say
 
     names = args.blueprints or sorted(p.stem for p in cfg.blueprints_dir.glob("*.toml"))
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return _run_all(args, cfg, names, config_args, "")
     # The embedded default: production is a directory here. Serve it on 127.0.0.1 for this run, so that
     # compose takes its parent and the boot test's devices upgrade over HTTP, as they would from the real one.
-    with StageServer(prod_repo) as server:
+    with RepoServer(prod_repo) as server:
         say(f"production repo {prod_repo} served at {server.url} for this run (pid {server.pid})")
         return _run_all(args, cfg, names, config_args, server.url)
 
@@ -113,7 +113,7 @@ def _run_all(args: argparse.Namespace, cfg: Config, names: list[str], config_arg
     """Every blueprint × arch through the stages; `served_prod` is production's URL when this run serves it."""
     from edgeci.cli import main
     from edgeci.record import BuildRecord
-    from edgeci.stages.common import record_file
+    from edgeci.target import record_file
     from edgeci.ui import say
     last = [s for s, _ in STAGES].index(args.until) if args.until else len(STAGES) - 1
     worst = 0

@@ -3,7 +3,7 @@
 The sysroot is built exactly as the sysroot backend builds it; before every boot it is written into a
 raw ext4 disk image (mkfs.ext4 -d, no root or loop device), and qemu boots the chosen BLS entry's kernel
 and initramfs with its options (+ console=ttyS0 panic=-1). The test OS reports on the serial console
-(EDGECI- lines, TESTOS.md). Default entry = highest `version`; rollback boots the next one, as greenboot's
+(EDGECI- lines, docs/testos.md). Default entry = highest `version`; rollback boots the next one, as greenboot's
 boot counter makes the bootloader do. Each boot has a deadline; the VM is killed by PID and its files are
 removed in every case (also on Ctrl-C, and on SIGTERM while a VM runs).
 """
@@ -13,8 +13,9 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
-from edgeci.boottest.base import (
+from edgeci.boottest.guest import (
     INJECTED_CHECK_NAME,
     BootEntry,
     BootResult,
@@ -24,7 +25,7 @@ from edgeci.boottest.base import (
     read_bls_entries,
     sigterm_raises,
 )
-from edgeci.boottest.sysroot import SysrootGuest
+from edgeci.boottest.sysroot_guest import SysrootGuest
 from edgeci.errors import BootTestError
 from edgeci.tools import qemu as qemu_tool
 from edgeci.wait import Waiting, WaitTimeout
@@ -69,6 +70,13 @@ def entry_file(sysroot: Path, path: str) -> Path:
 class QemuGuest(SysrootGuest):
     backend = "qemu"
     runs_system = True
+    TOOLS = ("ostree", "unshare", "qemu-system-x86_64", "mkfs.ext4")
+
+    @classmethod
+    def for_scenario(cls, cfg: Any, work_dir: Path, *, osname: str, **_: Any) -> QemuGuest:
+        bt = cfg.boot_test
+        return cls(work_dir, osname, memory_mb=bt.memory, timeout=bt.timeout, kvm=bt.kvm,
+                   kvm_probe_timeout=bt.kvm_probe_timeout)
 
     def __init__(self, work_dir: Path, osname: str, *, memory_mb: int = 512, timeout: float = 120.0,
                  kvm: str = "auto", kvm_probe_timeout: float = 5.0) -> None:

@@ -1,4 +1,4 @@
-"""Pinned promotion to the production ostree repo, rollback by a new commit, and the releases log.
+"""The promotion transaction: pinned promotion to the production ostree repo, and rollback by a new commit.
 
 Under an exclusive lock on the repo: gate check, `pull --mirror --depth=1 edgeci-stage CHECKSUM` (a pull by
 checksum moves no ref; or `pull-local --untrusted` from the pushed image, by digest), verify, sign, static
@@ -9,72 +9,47 @@ A kill at any moment leaves the ref at the old or the new commit; running again 
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
-import fcntl
-import json
-import os
 import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edgeci import policy
 from edgeci.errors import PromotionError, PromotionRefused, ToolError
-from edgeci.gate import policy
-from edgeci.record import atomic_write_text, now_iso
+from edgeci.production import RELEASES_NAME, ProdSettings, Production, ReleasesLog, read_production, repo_lock
+from edgeci.record import now_iso
 from edgeci.tools import ostree
+from edgeci.version import next_version
 
-LOCK_NAME = ".edgeci-lock"
-RELEASES_NAME = "releases.json"
 STAGE_REMOTE = "edgeci-stage"
+
+
 # Releases within retention are pinned by refs under this remote name: `ostree prune --refs-only`
 # honours them and `summary -u` does not publish them (refs/remotes/ are not in the summary).
 KEEP_REMOTE = "edgeci-keep"
+
+
 SCRATCH_PREFIX = ".edgeci-image-"  # next to the repo (same filesystem), removed by the next run if killed
+
+
 STEPS = ("gate", "pull", "verify", "sign", "deltas", "ref", "summary", "log", "prune")
+
+
 ROLLBACK_STEPS = ("commit", "sign", "deltas", "ref", "summary", "log", "prune")
+
 
 # (step, phase "begin" | "end", detail) — the stage glue prints and the kill tests pause on it.
 StepCallback = Callable[[str, str, str], None]
+
+
 # (image reference by digest, scratch directory) -> the ostree repo extracted from that exact image.
 ImageFetcher = Callable[[str, Path], Path]
-
-
-@dataclass
-class ProdSettings:
-    repo: Path
-    url: str = ""
-    gpg_key: str = ""
-    gpg_homedir: str = ""
-    ed25519_key: str = ""
-    delta_from_releases: int = 3
-    delta_args: list[str] = field(default_factory=list)
-    retention: int = 10
-    lock_timeout: float = 600.0
-    fsck: str = "changed"  # changed (objects that differ from production) | full (every object of the commit)
-    source: str = "stage"  # stage (pull from the stage repo URL) | image (the pushed image, by digest)
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> ProdSettings:
-        p = cfg.prod
-        return cls(
-            repo=cfg.path(p.repo),
-            url=p.url,
-            gpg_key=p.gpg_key,
-            gpg_homedir=str(cfg.path(p.gpg_homedir)) if p.gpg_homedir else "",
-            ed25519_key=str(cfg.path(p.sign_ed25519_key)) if p.sign_ed25519_key else "",
-            delta_from_releases=p.delta_from_releases,
-            delta_args=list(p.delta_args),
-            retention=p.retention,
-            lock_timeout=p.lock_timeout,
-            fsck=p.fsck,
-            source=p.source,
-        )
 
 
 @dataclass
@@ -125,128 +100,6 @@ class PromoteResult:
         return {"repo": self.repo, "ref": self.ref, "checksum": self.checksum, "previous": self.previous,
                 "version": self.version, "deltas": self.deltas, "signed": self.signed, "time": self.time}
 
-
-# -- lock -------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def repo_lock(repo: Path, timeout: float, *, poll: float = 0.1) -> Iterator[None]:
-    """Exclusive flock on REPO/.edgeci-lock; the kernel drops it when the process dies (even by SIGKILL)."""
-    repo.mkdir(parents=True, exist_ok=True)
-    path = repo / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = ""
-                    with contextlib.suppress(OSError):
-                        holder = path.read_text().strip()
-                    raise PromotionError(
-                        f"another promotion holds the production lock ({holder or 'holder unknown'}) "
-                        f"for longer than {timeout:g} s",
-                        where=str(path), fix="wait for it to finish, or raise prod.lock_timeout") from None
-                time.sleep(poll)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {now_iso()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-# -- releases log -----------------------------------------------------------------------------------
-
-class ReleasesLog:
-    """REPO/releases.json: every release (promotion or rollback) in order, written atomically."""
-
-    def __init__(self, repo: Path) -> None:
-        self.path = Path(repo) / RELEASES_NAME
-
-    def load(self) -> list[dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return []
-        except (OSError, json.JSONDecodeError) as e:
-            raise PromotionError(f"the releases log is unreadable: {e}", where=str(self.path),
-                                 fix="restore it from a backup; production refs are unchanged") from None
-        releases = data.get("releases") if isinstance(data, dict) else None
-        if not isinstance(releases, list):
-            raise PromotionError("the releases log has no 'releases' list", where=str(self.path))
-        return releases
-
-    def for_ref(self, ref: str) -> list[dict[str, Any]]:
-        return [r for r in self.load() if r.get("ref") == ref]
-
-    def last(self, ref: str) -> dict[str, Any] | None:
-        entries = self.for_ref(ref)
-        return entries[-1] if entries else None
-
-    def append(self, entry: Mapping[str, Any]) -> None:
-        """Append unless the ref's last release is already this checksum (a re-run after a kill)."""
-        releases = self.load()
-        mine = [r for r in releases if r.get("ref") == entry["ref"]]
-        if mine and mine[-1].get("checksum") == entry["checksum"]:
-            return
-        releases.append(dict(entry))
-        atomic_write_text(self.path, json.dumps({"schema": 1, "releases": releases}, indent=1) + "\n",
-                          fsync=True)  # production state: survive a power loss too
-
-
-def releases_from_url(url: str, timeout: float = 30) -> list[dict[str, Any]]:
-    """The releases log of a production repo served over HTTP ([] when it has none yet)."""
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/{RELEASES_NAME}", timeout=timeout) as resp:
-            data = json.loads(resp.read().decode())
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return []
-        raise PromotionError(f"cannot read the releases log: HTTP {e.code}", where=url) from None
-    except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
-        raise PromotionError(f"cannot read the releases log: {e}", where=url,
-                             fix="check prod.url, or run where prod.repo is on disk") from None
-    releases = data.get("releases") if isinstance(data, dict) else None
-    return releases if isinstance(releases, list) else []
-
-
-@dataclass
-class ProductionState:
-    production: policy.Production
-    releases: list[dict[str, Any]]  # of this ref, oldest first
-
-
-def read_production(settings: ProdSettings, ref: str) -> ProductionState:
-    """Production's commit and version on `ref`: from the repo on disk (commit metadata first, the
-    releases log second), else over HTTP from prod.url (ref file and releases log)."""
-    repo = settings.repo
-    if (repo / "config").is_file():
-        commit = ostree.rev_parse(repo, ref)
-        releases = ReleasesLog(repo).for_ref(ref)
-        version = ostree.metadata(repo, commit, "version") if commit else None
-        if commit and not version:
-            version = next((r.get("version") for r in reversed(releases) if r.get("checksum") == commit), None)
-        return ProductionState(policy.Production(ref, commit, version), releases)
-    if settings.url:
-        releases = [r for r in releases_from_url(settings.url) if r.get("ref") == ref]
-        commit = None
-        try:
-            with urllib.request.urlopen(f"{settings.url.rstrip('/')}/refs/heads/{ref}", timeout=30) as resp:
-                commit = resp.read().decode().strip() or None
-        except urllib.error.HTTPError as e:
-            if e.code != 404:
-                raise PromotionError(f"cannot read production's ref {ref}: HTTP {e.code}",
-                                     where=settings.url) from None
-        except (urllib.error.URLError, OSError) as e:
-            raise PromotionError(f"cannot read production's ref {ref}: {e}", where=settings.url) from None
-        version = next((r.get("version") for r in reversed(releases) if r.get("checksum") == commit), None)
-        return ProductionState(policy.Production(ref, commit, version), releases)
-    return ProductionState(policy.Production(ref, None, None), [])
-
-
-# -- helpers ----------------------------------------------------------------------------------------
 
 def _b64(checksum: str) -> str:
     return base64.b64encode(bytes.fromhex(checksum)).decode().rstrip("=").replace("/", "_")
@@ -301,7 +154,7 @@ def check_gate(req: PromoteRequest) -> str:
     return ", ".join(str(a.get("user")) for a in bound) or "(no approvals required)"
 
 
-def _recheck(req: PromoteRequest, production: policy.Production, now: datetime) -> None:
+def _recheck(req: PromoteRequest, production: Production, now: datetime) -> None:
     """Under the lock: production may have moved since the gate ran, and time may have left the window."""
     for rule in (policy.check_version(req.version, production),
                  policy.check_parent(req.parent, production, req.allow_fork),
@@ -516,8 +369,6 @@ def _entry(req: PromoteRequest | None, ref: str, checksum: str, version: str | N
     return entry
 
 
-# -- promote ----------------------------------------------------------------------------------------
-
 def plan(settings: ProdSettings, req: PromoteRequest) -> list[str]:
     """What `promote` would do, step by step (read-only: no lock, nothing written)."""
     state = read_production(settings, req.ref)
@@ -609,7 +460,7 @@ def promote(settings: ProdSettings, req: PromoteRequest, *, on_step: StepCallbac
             prod_version = ostree.metadata(repo, current, "version") if current else None
             if current and not prod_version and last:
                 prod_version = last.get("version")
-            production = policy.Production(req.ref, current, prod_version)
+            production = Production(req.ref, current, prod_version)
             _recheck(req, production, now())
             steps.end(f"approved by {approvers}; {req.version} over production "
                       f"{prod_version or '(none)'} at {policy.short(current)}")
@@ -656,8 +507,6 @@ def promote(settings: ProdSettings, req: PromoteRequest, *, on_step: StepCallbac
                              time=str(entry["time"]), steps=steps.done, pruned=gone)
 
 
-# -- rollback ---------------------------------------------------------------------------------------
-
 def rollback(settings: ProdSettings, ref: str, *, to_version: str | None = None, by: str = "",
              blueprint: str = "", arch: str = "", on_step: StepCallback | None = None) -> PromoteResult:
     """Publish a NEW commit whose tree is an earlier release's: parent = production, fresh timestamp,
@@ -695,7 +544,7 @@ def rollback(settings: ProdSettings, ref: str, *, to_version: str | None = None,
                                  f"{settings.retention})", where=str(repo), fix=f"roll back to one of: {kept}")
         if not cur_version:
             raise PromotionError(f"production's commit {policy.short(current)} has no version", where=str(repo))
-        new_version = policy.next_version(cur_version)
+        new_version = next_version(cur_version)
 
         steps.begin("commit")
         # An orphan commit carries no ref binding, and clients refuse a commit not bound to the ref they pull.
@@ -739,32 +588,3 @@ def rollback(settings: ProdSettings, ref: str, *, to_version: str | None = None,
         steps.end(detail)
         return PromoteResult(str(repo), ref, new, current, new_version, deltas=deltas, signed=signed,
                              time=str(entry["time"]), steps=steps.done, pruned=gone, rollback_of=tgt_version)
-
-
-# -- history ----------------------------------------------------------------------------------------
-
-@dataclass
-class HistoryEntry:
-    version: str
-    checksum: str
-    time: str
-    approvers: list[str]
-    rollback_of: str | None
-    current: bool
-    present: bool | None  # None: unknown (read over HTTP)
-
-
-def history(settings: ProdSettings, ref: str) -> list[HistoryEntry]:
-    """The releases of `ref`, oldest first, with which one production serves and which are still stored."""
-    local = (settings.repo / "config").is_file()
-    state = read_production(settings, ref)
-    out = []
-    for r in state.releases:
-        c = str(r.get("checksum", ""))
-        out.append(HistoryEntry(
-            version=str(r.get("version")), checksum=c, time=str(r.get("time", "")),
-            approvers=list(r.get("approvers") or []), rollback_of=r.get("rollback_of"),
-            current=c == state.production.commit,
-            present=ostree.has_commit(settings.repo, c) if local else None,
-        ))
-    return out

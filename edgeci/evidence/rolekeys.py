@@ -23,7 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgeci.evidence.errors import KeyFileError
+from edgeci.errors import KeyFileError
 
 ROLES = ("compose", "boot-test", "approver")
 PRODUCTION_ROLE = "production"  # the ostree GPG key id in the trust policy, not an Ed25519 key

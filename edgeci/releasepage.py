@@ -48,22 +48,6 @@ def timeline_from_record(record: BuildRecord) -> list[dict[str, Any]]:
     return rows
 
 
-def package_diff(old: list[dict[str, str]], new: list[dict[str, str]]) -> dict[str, list[str]]:
-    def nevra(p: dict[str, str]) -> str:
-        v = p.get("version", "")
-        r = p.get("release", "")
-        return f"{v}-{r}" if r else v
-
-    before = {p.get("name", ""): nevra(p) for p in old}
-    after = {p.get("name", ""): nevra(p) for p in new}
-    return {
-        "added": sorted(f"{n} {after[n]}".strip() for n in after.keys() - before.keys()),
-        "removed": sorted(f"{n} {before[n]}".strip() for n in before.keys() - after.keys()),
-        "changed": sorted(f"{n} {before[n]} → {after[n]}" for n in after.keys() & before.keys()
-                          if before[n] != after[n]),
-    }
-
-
 def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 

@@ -18,10 +18,10 @@ import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from edgeci.boottest.base import (
+from edgeci.boottest.guest import (
     HEALTHY,
     INJECTED_CHECK_FILE,
     INJECTED_CHECK_SCRIPT,
@@ -40,6 +40,9 @@ from edgeci.tools import virsh
 from edgeci.tools.run import Completed, run
 from edgeci.tools.ssh import SSHTarget, ssh
 from edgeci.wait import Waiting, WaitTimeout
+
+if TYPE_CHECKING:
+    from edgeci.record import Candidate
 
 Runner = Callable[..., Completed]
 GREENBOOT_UNIT = "greenboot-healthcheck.service"
@@ -190,6 +193,14 @@ def parse_rpm_ostree_pull(text: str) -> PullStats:
 class LibvirtGuest(Guest):
     backend = "libvirt"
     runs_system = True
+    TOOLS = ("virt-install", "virsh", "ssh")
+
+    @classmethod
+    def for_scenario(cls, cfg: Any, work_dir: Path, *, osname: str, candidate: Candidate, vm_name: str,
+                     scripts: dict[str, str], **_: Any) -> LibvirtGuest:
+        return cls(cfg.boot_test.libvirt, work_dir, osname=osname, vm_name=vm_name,
+                   candidate_commit=candidate.checksum, version=candidate.version or "",
+                   boot_timeout=cfg.boot_test.timeout, scripts=scripts)
 
     def __init__(self, cfg: LibvirtConfig, work_dir: Path, *, osname: str, vm_name: str, candidate_commit: str,
                  version: str, boot_timeout: float = 600.0, scripts: dict[str, str] | None = None,

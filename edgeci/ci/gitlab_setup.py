@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from edgeci.ci import Change
 from edgeci.config import Config
-from edgeci.errors import ConfigError, EdgeCIError
+from edgeci.errors import ConfigError
+from edgeci.gitlab_api import Connection, GitLabError, api_errors, import_gitlab
 from edgeci.tools.run import mask
 
 MR_NOTE_MARKER = "<!-- edgeci:mr-summary -->"
@@ -28,10 +29,6 @@ BUILD_STAGES = ("compose", "push", "stage", "boot-test")
 CHILD_STAGES = (*BUILD_STAGES, "promote")
 # access levels GitLab accepts for deploy_access_levels / approval_rules
 ACCESS_LEVELS = {"developer": 30, "maintainer": 40, "admin": 60}
-
-
-class GitLabError(EdgeCIError):
-    """GitLab refused a request or could not be reached."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,91 +270,6 @@ def render_yaml(doc: Mapping[str, Any], header: str = "") -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The API client
-
-
-def import_gitlab() -> Any:
-    try:
-        import gitlab
-    except ImportError:
-        raise EdgeCIError("python-gitlab is not installed",
-                          fix="pip install 'edgeci[gitlab]' (or pip install python-gitlab)") from None
-    return gitlab
-
-
-@dataclass
-class Connection:
-    gl: Any  # gitlab.Gitlab
-    url: str
-    project_ref: str
-
-    def project(self) -> Any:
-        with api_errors(self, f"project '{self.project_ref}'"):
-            return self.gl.projects.get(self.project_ref)
-
-
-def connect(cfg: Config, env: Mapping[str, str] | None = None) -> Connection:
-    """A python-gitlab client for gate.gitlab.url (CI_SERVER_URL) with EDGECI_GITLAB_TOKEN."""
-    env = os.environ if env is None else env
-    gitlab = import_gitlab()
-    url = (cfg.gate.gitlab.url or env.get("CI_SERVER_URL", "")).rstrip("/")
-    project = cfg.gate.gitlab.project or env.get("CI_PROJECT_ID", "")
-    if not url:
-        raise ConfigError("no GitLab URL configured", where="gate.gitlab.url",
-                          fix="set gate.gitlab.url in edgeci.yaml (inside GitLab CI, CI_SERVER_URL is used)")
-    if not project:
-        raise ConfigError("no GitLab project configured", where="gate.gitlab.project",
-                          fix="set gate.gitlab.project to the project path or id (inside GitLab CI, CI_PROJECT_ID)")
-    token = cfg.secret("GITLAB_TOKEN")
-    if not token:
-        raise ConfigError("no GitLab token", where="environment EDGECI_GITLAB_TOKEN",
-                          fix="export EDGECI_GITLAB_TOKEN=<a project or personal access token with the api scope>")
-    gl = gitlab.Gitlab(url, private_token=token, timeout=30)
-    return Connection(gl, url, str(project))
-
-
-@contextmanager
-def api_errors(conn: Connection, what: str) -> Iterator[None]:
-    """Turn python-gitlab and connection errors into one GitLabError line (token masked)."""
-    import requests
-
-    gitlab = import_gitlab()
-    try:
-        yield
-    except gitlab.exceptions.GitlabError as e:
-        code = getattr(e, "response_code", None)
-        message = mask(str(getattr(e, "error_message", "") or e))
-        if code == 401:
-            raise GitLabError(f"GitLab refused the token (401) for {what}", where=conn.url,
-                              fix="check EDGECI_GITLAB_TOKEN: it must be valid and have the api scope") from None
-        if code == 403:
-            raise GitLabError(f"GitLab forbids this for {what} (403: {message})", where=conn.url,
-                              fix="use a token of a user with the Maintainer role on the project") from None
-        if code == 404:
-            raise GitLabError(f"{what} not found (404)", where=conn.url,
-                              fix="check gate.gitlab.project or the name, and that the token's user can see it",
-                              ) from None
-        raise GitLabError(f"GitLab answered {code} for {what}: {message}", where=conn.url) from None
-    except requests.RequestException as e:
-        raise GitLabError(f"cannot reach GitLab for {what}: {type(e).__name__}", where=conn.url,
-                          fix="check gate.gitlab.url and the network") from None
-
-
-@dataclass
-class Change:
-    what: str
-    action: str  # created | updated | deleted | unchanged
-    detail: str = ""
-
-    def line(self) -> str:
-        return f"{self.what}: {self.action}" + (f" ({self.detail})" if self.detail else "")
-
-    @property
-    def wrote(self) -> bool:
-        return self.action != "unchanged"
-
-
-# ---------------------------------------------------------------------------------------------
 # Pipeline schedule
 
 
@@ -590,18 +502,6 @@ def _junit_counts(path: Path) -> tuple[int, int, int] | None:
     return tests, failed, skipped
 
 
-def _fmt_bytes(n: Any) -> str:
-    try:
-        value = float(n)
-    except (TypeError, ValueError):
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"  # pragma: no cover
-
-
 # record section → the JUnit report names its stage may write
 _SUMMARY_STAGES = (("lint", ("lint",)), ("compose", ("compose",)), ("push", ("push",)), ("stage", ("stage",)),
                    ("boot_test", ("boot-test", "boot_test")))
@@ -660,7 +560,11 @@ def mr_summary(cfg: Config, targets: list[Target], env: Mapping[str, str] | None
                         failing.append(f"- {scenario}: check `{check.get('name')}` {check.get('outcome')}")
             delta = ""
             if bt.get("delta_bytes") is not None and bt.get("full_bytes"):
-                delta = f" · update delta {_fmt_bytes(bt['delta_bytes'])} of {_fmt_bytes(bt['full_bytes'])}"
+                from edgeci.fmt import human_bytes
+
+                delta_h = human_bytes(bt["delta_bytes"], units="short")
+                full_h = human_bytes(bt["full_bytes"], units="short")
+                delta = f" · update delta {delta_h} of {full_h}"
             details.append(f"**{t.blueprint}/{t.arch}** boot test ({bt.get('backend', '?')}): "
                            + (", ".join(parts) or "no scenarios") + delta)
             details.extend(failing)

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from edgeci.stages.common import load_record, target
+    from edgeci.target import load_record, target
     from edgeci.ui import say
 
     name, arch = target(cfg, args)

@@ -14,10 +14,15 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeci.errors import GateError
-from edgeci.gate.policy import CHECKSUM_RE, Approval, Evidence, Person
+from edgeci.policy import CHECKSUM_RE, Approval, Evidence, Person
 from edgeci.record import atomic_write_text
+
+if TYPE_CHECKING:
+    from edgeci.approvals import SourceContext
+    from edgeci.record import Candidate
 
 APPROVALS_DIR = "approvals"
 # Identities CI systems give the person who started the run (GitLab, Jenkins build-user-vars, any).
@@ -150,3 +155,15 @@ def collect(work_dir: Path, blueprint_path: Path | None, env: Mapping[str, str] 
     people, notes = git_people(blueprint_path)
     people += env_people(env)
     return Evidence(approvals=read_approvals(work_dir, candidate), people=people, notes=notes)
+
+
+class LocalSource:
+    """Approval files under the build directory (`edgeci approve`), and the local authors."""
+
+    name = "local"
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+
+    def collect(self, candidate: Candidate) -> Evidence:
+        return collect(self.ctx.work_dir, self.ctx.blueprint_path, env=self.ctx.env, candidate=candidate.checksum)

@@ -14,7 +14,7 @@ HELP = "roll production back: a new commit with an earlier release's tree, signe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgeci.stages.common import add_target_args
+    from edgeci.target import add_target_args
 
     add_target_args(p)
     p.add_argument("--to", dest="to_version", metavar="VERSION", default=None,
@@ -24,18 +24,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from edgeci.gate import local
-    from edgeci.promote import ProdSettings, rollback
+    from edgeci.approvals import local_source as local
+    from edgeci.production import ProdSettings
+    from edgeci.promotion import rollback
     from edgeci.record import BuildRecord
-    from edgeci.stages.common import record_file, target
-    from edgeci.stages.gate import blueprint_file, prod_ref
-    from edgeci.stages.promote import step_printer
-    from edgeci.ui import say
+    from edgeci.target import blueprint_file, record_file, ref_of, target
+    from edgeci.ui import say, step_printer
 
     name, arch = target(cfg, args)
     path = record_file(cfg, name, arch)
     rec = BuildRecord.load(path) if path.exists() else None
-    ref = prod_ref(cfg, name, arch, rec)
+    ref = ref_of(cfg, name, arch, rec)
     by = args.by or local.head_author(blueprint_file(cfg, name, rec.get("blueprint") if rec else None))
     settings = ProdSettings.from_config(cfg)
     result = rollback(settings, ref, to_version=args.to_version, by=by, blueprint=name, arch=arch,

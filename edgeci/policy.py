@@ -12,9 +12,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeci.errors import GateError
+from edgeci.version import compare_versions
+
+if TYPE_CHECKING:
+    from edgeci.production import Production
+    from edgeci.record import Candidate
 
 APPROVED = "approved"
 DENIED = "denied"
@@ -89,33 +94,6 @@ class Evidence:
 
 
 @dataclass
-class Candidate:
-    checksum: str
-    version: str | None
-    parent: str | None
-    sections: Mapping[str, Mapping[str, Any]]
-
-    @classmethod
-    def from_sections(cls, sections: Mapping[str, Mapping[str, Any]]) -> Candidate:
-        compose = sections.get("compose") or {}
-        blueprint = sections.get("blueprint") or {}
-        version = compose.get("version") or blueprint.get("version")
-        return cls(
-            checksum=str(compose.get("commit") or ""),
-            version=str(version) if version else None,
-            parent=str(compose["parent"]) if compose.get("parent") else None,
-            sections=sections,
-        )
-
-
-@dataclass
-class Production:
-    ref: str
-    commit: str | None  # None: nothing released on this ref yet
-    version: str | None
-
-
-@dataclass
 class RuleResult:
     name: str
     outcome: str  # passed | failed | pending
@@ -145,7 +123,7 @@ class Verdict:
         raise KeyError(name)
 
     def as_record(self) -> dict[str, Any]:
-        """The build record's gate section (keys per CONVENTIONS.md, plus the rejected approvals)."""
+        """The build record's gate section (see record.GateSection; plus the rejected approvals)."""
         return {
             "decision": self.decision,
             "checksum": self.checksum,
@@ -156,49 +134,6 @@ class Verdict:
 
 
 # -- versions ---------------------------------------------------------------------------------------
-
-_VERSION_RE = re.compile(r"^[vV]?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
-
-
-def parse_version(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """(numeric parts, pre-release identifiers) of a semver-like version; ValueError if it is not one."""
-    m = _VERSION_RE.match(text.strip())
-    if not m:
-        raise ValueError(f"'{text}' is not a version (expected e.g. 1.2.3)")
-    nums = tuple(int(x) for x in m.group(1).split("."))
-    pre = tuple(m.group(2).split(".")) if m.group(2) else ()
-    return nums, pre
-
-
-def compare_versions(a: str, b: str) -> int:
-    """-1, 0 or 1 like semver: numeric parts (missing ones are 0), then a pre-release sorts before the release."""
-    (na, pa), (nb, pb) = parse_version(a), parse_version(b)
-    width = max(len(na), len(nb))
-    na, nb = na + (0,) * (width - len(na)), nb + (0,) * (width - len(nb))
-    if na != nb:
-        return -1 if na < nb else 1
-    if pa == pb:
-        return 0
-    if not pa:
-        return 1
-    if not pb:
-        return -1
-    for x, y in zip(pa, pb, strict=False):
-        if x == y:
-            continue
-        if x.isdigit() and y.isdigit():
-            return -1 if int(x) < int(y) else 1
-        if x.isdigit() != y.isdigit():
-            return -1 if x.isdigit() else 1
-        return -1 if x < y else 1
-    return -1 if len(pa) < len(pb) else 1
-
-
-def next_version(text: str) -> str:
-    """The smallest release above `text` that a rollback commit can carry: the last number + 1."""
-    nums, _ = parse_version(text)
-    return ".".join(str(n) for n in (*nums[:-1], nums[-1] + 1))
-
 
 # -- change windows and freezes ----------------------------------------------------------------------
 
@@ -535,43 +470,6 @@ def evaluate(
 
 
 # -- what is being approved -------------------------------------------------------------------------
-
-def package_map(packages: Iterable[Any]) -> dict[str, str]:
-    """name → version-release from compose.packages entries ("name-1.2-3.el9.x86_64" strings or dicts)."""
-    out: dict[str, str] = {}
-    for p in packages or []:
-        if isinstance(p, Mapping):
-            name = str(p.get("name", ""))
-            evr = str(p.get("version", ""))
-            if p.get("release"):
-                evr += f"-{p['release']}"
-            if p.get("epoch") not in (None, "", 0, "0"):
-                evr = f"{p['epoch']}:{evr}"
-            if name:
-                out[name] = evr
-        elif isinstance(p, str) and p:
-            # name-version-release[.arch]: the name is everything before the second-to-last dash
-            parts = p.rsplit("-", 2)
-            if len(parts) == 3:
-                out[parts[0]] = f"{parts[1]}-{parts[2]}"
-            else:
-                out[p] = ""
-    return out
-
-
-def package_diff(old: Iterable[Any], new: Iterable[Any]) -> list[str]:
-    """Lines like '+ name 1.0-1', '- name 1.0-1', '~ name 1.0-1 -> 1.1-1'."""
-    a, b = package_map(old), package_map(new)
-    lines = []
-    for name in sorted(set(a) | set(b)):
-        if name not in a:
-            lines.append(f"+ {name} {b[name]}".rstrip())
-        elif name not in b:
-            lines.append(f"- {name} {a[name]}".rstrip())
-        elif a[name] != b[name]:
-            lines.append(f"~ {name} {a[name]} -> {b[name]}")
-    return lines
-
 
 def text_diff(old: str, new: str, old_name: str, new_name: str) -> list[str]:
     return [line.rstrip("\n") for line in difflib.unified_diff(

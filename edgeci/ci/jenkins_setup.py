@@ -9,35 +9,20 @@ with the CSRF crumb from /crumbIssuer/api/json). The API token (EDGECI_JENKINS_T
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from edgeci.ci import Change
 from edgeci.config import Config
 from edgeci.errors import ConfigError, EdgeCIError
-from edgeci.tools.run import mask
+from edgeci.jenkins_api import Connection, JenkinsError, api_errors, http_error, import_jenkinsapi
 
 DEFAULT_JOB = "edge-images"
 MANAGED_BY = "Managed by edgeci (edgeci jenkins job): changes made here are replaced on its next run."
 TIMEOUT = 30.0
-
-
-class JenkinsError(EdgeCIError):
-    """Jenkins refused a request or could not be reached."""
-
-
-@dataclass
-class Change:
-    what: str
-    action: str  # created | updated | unchanged | approved | aborted
-    detail: str = ""
-
-    def line(self) -> str:
-        return f"{self.what}: {self.action}" + (f" ({self.detail})" if self.detail else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,84 +124,6 @@ def default_repo(cfg: Config) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Connection
-
-
-def import_jenkinsapi() -> Any:
-    try:
-        import jenkinsapi.jenkins
-    except ImportError:
-        raise EdgeCIError("jenkinsapi is not installed",
-                          fix="pip install 'edgeci[jenkins]' (or pip install jenkinsapi)") from None
-    return jenkinsapi
-
-
-@dataclass
-class Connection:
-    url: str
-    user: str
-    token: str = field(repr=False)
-
-    def job_url(self, job: str) -> str:
-        parts = [p for p in job.strip("/").split("/") if p and p != "job"]
-        return self.url + "".join(f"/job/{quote(p, safe='')}" for p in parts)
-
-
-def connect(cfg: Config, user: str | None = None, env: Mapping[str, str] | None = None) -> Connection:
-    env = os.environ if env is None else env
-    url = (cfg.gate.jenkins.url or env.get("JENKINS_URL", "")).rstrip("/")
-    if not url:
-        raise ConfigError("no Jenkins URL configured", where="gate.jenkins.url",
-                          fix="set gate.jenkins.url in edgeci.yaml (inside Jenkins, JENKINS_URL is used)")
-    token = cfg.secret("JENKINS_TOKEN")
-    user = user or cfg.gate.jenkins.user or env.get("EDGECI_JENKINS_USER", "")
-    if token and not user:
-        raise ConfigError("EDGECI_JENKINS_TOKEN is set but no Jenkins user", where="gate.jenkins.user",
-                          fix="set gate.jenkins.user (the token's owner), EDGECI_JENKINS_USER, or pass --as USER")
-    return Connection(url, user or "", token)
-
-
-@contextmanager
-def api_errors(conn: Connection, what: str) -> Iterator[None]:
-    """jenkinsapi / requests failures → one JenkinsError line, token masked."""
-    import requests
-
-    import_jenkinsapi()
-    from jenkinsapi.custom_exceptions import JenkinsAPIException
-
-    try:
-        yield
-    except requests.HTTPError as e:
-        code = e.response.status_code if e.response is not None else None
-        raise _http_error(conn, what, code, e.response.text if e.response is not None else "") from None
-    except requests.RequestException as e:
-        raise JenkinsError(f"cannot reach Jenkins for {what}: {type(e).__name__}", where=conn.url,
-                           fix="check gate.jenkins.url and the network") from None
-    except JenkinsAPIException as e:
-        raise JenkinsError(f"Jenkins refused {what}: {mask(_first_line(str(e)))}", where=conn.url) from None
-
-
-def _first_line(text: str, limit: int = 300) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line[:limit]
-
-
-def _http_error(conn: Connection, what: str, code: int | None, body: str) -> JenkinsError:
-    if code == 401:
-        return JenkinsError(f"Jenkins refused the credentials (401) for {what}", where=conn.url,
-                            fix="check gate.jenkins.user / --as and EDGECI_JENKINS_TOKEN (that user's API token)")
-    if code == 403:
-        return JenkinsError(f"Jenkins forbids {what} to user '{conn.user or 'anonymous'}' (403)", where=conn.url,
-                            fix="use a user with the permission (for an approval: one listed in the input's "
-                                "submitter)")
-    if code == 404:
-        return JenkinsError(f"{what} not found (404)", where=conn.url, fix="check the job name and build number")
-    detail = _first_line(body)
-    return JenkinsError(f"Jenkins answered {code} for {what}" + (f": {mask(detail)}" if detail else ""),
-                        where=conn.url)
-
-
-# ---------------------------------------------------------------------------------------------
 # The job
 
 
@@ -243,7 +150,7 @@ def ensure_job(conn: Connection, spec: JobSpec) -> Change:
     with api_errors(conn, f"updating {what}"):
         response = job.update_config(desired, full_response=True)
     if response.status_code >= 400:
-        raise _http_error(conn, f"updating {what}", response.status_code, response.text)
+        raise http_error(conn, f"updating {what}", response.status_code, response.text)
     return Change(what, "updated", ", ".join(changed))
 
 
@@ -275,7 +182,7 @@ class InputClient:
             raise JenkinsError(f"cannot reach Jenkins for {what}: {type(e).__name__}", where=self.conn.url,
                                fix="check gate.jenkins.url and the network") from None
         if response.status_code >= 400:
-            raise _http_error(self.conn, what, response.status_code, response.text)
+            raise http_error(self.conn, what, response.status_code, response.text)
         return response
 
     def crumb(self) -> dict[str, str]:
@@ -291,7 +198,7 @@ class InputClient:
             if r.status_code == 404:
                 self._crumb = {}
             elif r.status_code >= 400:
-                raise _http_error(self.conn, "the CSRF crumb", r.status_code, r.text)
+                raise http_error(self.conn, "the CSRF crumb", r.status_code, r.text)
             else:
                 data = r.json()
                 self._crumb = {str(data["crumbRequestField"]): str(data["crumb"])}

@@ -4,7 +4,7 @@ A guest is a throwaway device: start() it, deploy() commits into it (each become
 entry, the one before it the rollback entry), boot() the default and read what the running system
 reports, prove_rollback() with a required check made to fail, stop() it (always: also on errors and
 Ctrl-C). Failing checks are results; only infrastructure problems raise (BootTestError / ToolError).
-Also here: the EDGECI- serial console protocol parser (TESTOS.md) and the `ostree pull` statistics.
+Also here: the EDGECI- serial console protocol parser (docs/testos.md) and the `ostree pull` statistics.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from edgeci.fmt import human_bytes
 
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
-# The greenboot script the rollback scenario writes into the candidate deployment's /etc (TESTOS.md).
+# The greenboot script the rollback scenario writes into the candidate deployment's /etc (docs/testos.md).
 INJECTED_CHECK_FILE = "99-edgeci-injected-failure.sh"
 INJECTED_CHECK_NAME = "edgeci-injected-failure"
 INJECTED_CHECK_SCRIPT = (
@@ -205,7 +205,7 @@ class Guest(ABC):
         self.stop()
 
 
-# -- the serial console protocol (TESTOS.md) --------------------------------------------------------
+# -- the serial console protocol (docs/testos.md) --------------------------------------------------------
 
 _LINE_RE = re.compile(r"EDGECI-(BOOT|CHECK|DONE)(?:\s+(.*))?$")
 

@@ -14,8 +14,9 @@ import shutil
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
-from edgeci.boottest.base import (
+from edgeci.boottest.guest import (
     INJECTED_CHECK_FILE,
     INJECTED_CHECK_SCRIPT,
     BootResult,
@@ -64,6 +65,11 @@ def remove_tree(path: Path) -> None:
 class SysrootGuest(Guest):
     backend = "sysroot"
     runs_system = False
+    TOOLS: tuple[str, ...] = ("ostree", "unshare")
+
+    @classmethod
+    def for_scenario(cls, cfg: Any, work_dir: Path, *, osname: str, **_: Any) -> SysrootGuest:
+        return cls(work_dir, osname)
 
     def __init__(self, work_dir: Path, osname: str) -> None:
         self.work_dir = Path(work_dir)

@@ -1,9 +1,10 @@
-"""Glue shared by the stage commands: blueprint/arch arguments, record and report locations."""
+"""The target of a stage or command: a blueprint × arch — its arguments, blueprint file, record and work directory."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from edgeci.config import Config
 from edgeci.errors import BlueprintError
@@ -59,14 +60,17 @@ def work_dir(cfg: Config, name: str, arch: str) -> Path:
     return d
 
 
-def production_url(cfg: Config, blueprint: str, arch: str) -> str:
-    """Where compose takes the parent from, so candidates build on top of production: prod.url, else the
-    local production repo when it already has the blueprint's ref; '' for a first release."""
-    from edgeci.tools import ostree
+def blueprint_file(cfg: Config, name: str, section: dict[str, Any] | None) -> Path | None:
+    """The blueprint TOML the candidate was built from (record path first, then blueprints/NAME.toml)."""
+    if section and section.get("path"):
+        p = Path(str(section["path"]))
+        p = p if p.is_absolute() else cfg.root / p
+        if p.is_file():
+            return p
+    p = cfg.blueprints_dir / f"{name}.toml"
+    return p if p.is_file() else None
 
-    if cfg.prod.url:
-        return cfg.prod.url
-    repo = cfg.path(cfg.prod.repo)
-    if (repo / "config").is_file() and ostree.rev_parse(repo, cfg.ref(blueprint, arch)):
-        return repo.resolve().as_uri()
-    return ""
+
+def ref_of(cfg: Config, name: str, arch: str, rec: BuildRecord | None = None) -> str:
+    """The candidate's ref: what compose used (the record), else the configured ref for NAME/ARCH."""
+    return rec.ref(cfg.ref(name, arch)) if rec is not None else cfg.ref(name, arch)

@@ -1,0 +1,233 @@
+"""Production: its settings, its state (commit and version on a ref), the releases log, the repo lock and
+history — what gate, boot test, compose (parent) and promote all ask about production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeci.errors import PromotionError
+from edgeci.record import atomic_write_text, now_iso
+from edgeci.tools import ostree
+
+if TYPE_CHECKING:
+    from edgeci.config import Config
+
+LOCK_NAME = ".edgeci-lock"
+
+
+RELEASES_NAME = "releases.json"
+
+
+@dataclass
+class ProdSettings:
+    repo: Path
+    url: str = ""
+    gpg_key: str = ""
+    gpg_homedir: str = ""
+    ed25519_key: str = ""
+    delta_from_releases: int = 3
+    delta_args: list[str] = field(default_factory=list)
+    retention: int = 10
+    lock_timeout: float = 600.0
+    fsck: str = "changed"  # changed (objects that differ from production) | full (every object of the commit)
+    source: str = "stage"  # stage (pull from the stage repo URL) | image (the pushed image, by digest)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ProdSettings:
+        p = cfg.prod
+        return cls(
+            repo=cfg.path(p.repo),
+            url=p.url,
+            gpg_key=p.gpg_key,
+            gpg_homedir=str(cfg.path(p.gpg_homedir)) if p.gpg_homedir else "",
+            ed25519_key=str(cfg.path(p.sign_ed25519_key)) if p.sign_ed25519_key else "",
+            delta_from_releases=p.delta_from_releases,
+            delta_args=list(p.delta_args),
+            retention=p.retention,
+            lock_timeout=p.lock_timeout,
+            fsck=p.fsck,
+            source=p.source,
+        )
+
+
+@contextlib.contextmanager
+def repo_lock(repo: Path, timeout: float, *, poll: float = 0.1) -> Iterator[None]:
+    """Exclusive flock on REPO/.edgeci-lock; the kernel drops it when the process dies (even by SIGKILL)."""
+    repo.mkdir(parents=True, exist_ok=True)
+    path = repo / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = ""
+                    with contextlib.suppress(OSError):
+                        holder = path.read_text().strip()
+                    raise PromotionError(
+                        f"another promotion holds the production lock ({holder or 'holder unknown'}) "
+                        f"for longer than {timeout:g} s",
+                        where=str(path), fix="wait for it to finish, or raise prod.lock_timeout") from None
+                time.sleep(poll)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {now_iso()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class ReleasesLog:
+    """REPO/releases.json: every release (promotion or rollback) in order, written atomically."""
+
+    def __init__(self, repo: Path) -> None:
+        self.path = Path(repo) / RELEASES_NAME
+
+    def load(self) -> list[dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, json.JSONDecodeError) as e:
+            raise PromotionError(f"the releases log is unreadable: {e}", where=str(self.path),
+                                 fix="restore it from a backup; production refs are unchanged") from None
+        releases = data.get("releases") if isinstance(data, dict) else None
+        if not isinstance(releases, list):
+            raise PromotionError("the releases log has no 'releases' list", where=str(self.path))
+        return releases
+
+    def for_ref(self, ref: str) -> list[dict[str, Any]]:
+        return [r for r in self.load() if r.get("ref") == ref]
+
+    def last(self, ref: str) -> dict[str, Any] | None:
+        entries = self.for_ref(ref)
+        return entries[-1] if entries else None
+
+    def append(self, entry: Mapping[str, Any]) -> None:
+        """Append unless the ref's last release is already this checksum (a re-run after a kill)."""
+        releases = self.load()
+        mine = [r for r in releases if r.get("ref") == entry["ref"]]
+        if mine and mine[-1].get("checksum") == entry["checksum"]:
+            return
+        releases.append(dict(entry))
+        atomic_write_text(self.path, json.dumps({"schema": 1, "releases": releases}, indent=1) + "\n",
+                          fsync=True)  # production state: survive a power loss too
+
+
+def releases_from_url(url: str, timeout: float = 30) -> list[dict[str, Any]]:
+    """The releases log of a production repo served over HTTP ([] when it has none yet)."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/{RELEASES_NAME}", timeout=timeout) as resp:
+            data = json.loads(resp.read().decode())
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return []
+        raise PromotionError(f"cannot read the releases log: HTTP {e.code}", where=url) from None
+    except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
+        raise PromotionError(f"cannot read the releases log: {e}", where=url,
+                             fix="check prod.url, or run where prod.repo is on disk") from None
+    releases = data.get("releases") if isinstance(data, dict) else None
+    return releases if isinstance(releases, list) else []
+
+
+@dataclass
+class Production:
+    """Production on one ref: its commit (None: nothing released yet) and release version; for a device,
+    also the URL it is reached at and where the commit was read (for messages)."""
+
+    ref: str = ""
+    commit: str | None = None
+    version: str | None = None
+    url: str = ""
+    source: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return self.commit is None
+
+
+@dataclass
+class ProductionState:
+    production: Production
+    releases: list[dict[str, Any]]  # of this ref, oldest first
+
+
+def read_production(settings: ProdSettings, ref: str) -> ProductionState:
+    """Production's commit and version on `ref`: from the repo on disk (commit metadata first, the
+    releases log second), else over HTTP from prod.url (ref file and releases log)."""
+    repo = settings.repo
+    if (repo / "config").is_file():
+        commit = ostree.rev_parse(repo, ref)
+        releases = ReleasesLog(repo).for_ref(ref)
+        version = ostree.metadata(repo, commit, "version") if commit else None
+        if commit and not version:
+            version = next((r.get("version") for r in reversed(releases) if r.get("checksum") == commit), None)
+        return ProductionState(Production(ref, commit, version), releases)
+    if settings.url:
+        releases = [r for r in releases_from_url(settings.url) if r.get("ref") == ref]
+        commit = None
+        try:
+            with urllib.request.urlopen(f"{settings.url.rstrip('/')}/refs/heads/{ref}", timeout=30) as resp:
+                commit = resp.read().decode().strip() or None
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                raise PromotionError(f"cannot read production's ref {ref}: HTTP {e.code}",
+                                     where=settings.url) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise PromotionError(f"cannot read production's ref {ref}: {e}", where=settings.url) from None
+        version = next((r.get("version") for r in reversed(releases) if r.get("checksum") == commit), None)
+        return ProductionState(Production(ref, commit, version), releases)
+    return ProductionState(Production(ref, None, None), [])
+
+
+@dataclass
+class HistoryEntry:
+    version: str
+    checksum: str
+    time: str
+    approvers: list[str]
+    rollback_of: str | None
+    current: bool
+    present: bool | None  # None: unknown (read over HTTP)
+
+
+def history(settings: ProdSettings, ref: str) -> list[HistoryEntry]:
+    """The releases of `ref`, oldest first, with which one production serves and which are still stored."""
+    local = (settings.repo / "config").is_file()
+    state = read_production(settings, ref)
+    out = []
+    for r in state.releases:
+        c = str(r.get("checksum", ""))
+        out.append(HistoryEntry(
+            version=str(r.get("version")), checksum=c, time=str(r.get("time", "")),
+            approvers=list(r.get("approvers") or []), rollback_of=r.get("rollback_of"),
+            current=c == state.production.commit,
+            present=ostree.has_commit(settings.repo, c) if local else None,
+        ))
+    return out
+
+
+def production_url(cfg: Config, blueprint: str, arch: str) -> str:
+    """Where compose takes the parent from, so candidates build on top of production: prod.url, else the
+    local production repo when it already has the blueprint's ref; '' for a first release."""
+    from edgeci.tools import ostree
+
+    if cfg.prod.url:
+        return cfg.prod.url
+    repo = cfg.path(cfg.prod.repo)
+    if (repo / "config").is_file() and ostree.rev_parse(repo, cfg.ref(blueprint, arch)):
+        return repo.resolve().as_uri()
+    return ""
