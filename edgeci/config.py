@@ -9,9 +9,12 @@ the environment (EDGECI_REGISTRY_PASSWORD, EDGECI_GITLAB_TOKEN, …) and are reg
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -152,6 +155,10 @@ class GateConfig:
     allow_fork: bool = False
     windows: list[str] = field(default_factory=list)  # "Mon-Fri 08:00-17:00" (UTC)
     freeze: list[str] = field(default_factory=list)  # "2026-12-20..2027-01-05"
+    # boot-test coverage the gate requires (policy.boot_requirements); empty accepted_backends = the default:
+    # qemu and libvirt, plus sysroot when gate.source is local
+    required_scenarios: list[str] = field(default_factory=lambda: ["install", "upgrade", "rollback"])
+    accepted_backends: list[str] = field(default_factory=list)
     gitlab: GitLabConfig = field(default_factory=GitLabConfig)
     jenkins: JenkinsConfig = field(default_factory=JenkinsConfig)
 
@@ -168,6 +175,7 @@ class BlueprintConfig:
     distro: str = ""
     arch: list[str] = field(default_factory=list)
     image_type: str = ""
+    variables: list[str] = field(default_factory=list)  # ${NAME} placeholders the blueprint may use
 
 
 @dataclass
@@ -244,29 +252,97 @@ class Config:
 # Loading and validation
 
 
-def _line_map(text: str) -> dict[tuple[str, ...], int]:
-    """Map each key path in the YAML document to its 1-based line, for error messages."""
+MAX_YAML_VALUES = 20_000  # an edgeci.yaml is a few hundred values; aliases may not expand it beyond this
+
+ARCHES = ("x86_64", "aarch64", "ppc64le", "s390x")
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")  # blueprint names: they become file and directory names
+# What podman accepts as a container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); it also names the systemd unit.
+CONTAINER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def valid_name(name: str) -> bool:
+    """A blueprint name edgeci turns into paths: letters, digits, '.', '_', '-', and not '.' or '..'."""
+    return bool(NAME_RE.match(name)) and name not in (".", "..")
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """The document as plain data and the line of every key path, strictly: duplicate keys, non-scalar keys, a
+    recursive alias, or aliases that expand beyond MAX_YAML_VALUES values are ConfigErrors with file:line."""
     import yaml
 
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {problem}", where=where,
+                          fix="fix the syntax (indentation, quoting)") from None
     lines: dict[tuple[str, ...], int] = {}
+    count = 0
 
-    def walk(node: Any, path: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = (*path, str(k.value))
-                lines[key] = k.start_mark.line + 1
-                walk(v, key)
-        elif isinstance(node, yaml.SequenceNode):
+    def at(node: Any) -> str:
+        return f"{source}:{node.start_mark.line + 1}"
+
+    def scalar(node: Any) -> Any:
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"invalid YAML value: {getattr(e, 'problem', None) or e}", where=at(node)) from None
+
+    def build(node: Any, path: tuple[str, ...], open_: frozenset[int]) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(f"the file expands to more than {MAX_YAML_VALUES} values through aliases",
+                              where=at(node), fix="write the values out instead of nesting aliases")
+        inner = open_ | {id(node)}
+
+        def child(value: Any, child_path: tuple[str, ...], shown: Any) -> Any:
+            if id(value) in inner:  # `shown` is the key (or the parent) that refers back to an enclosing anchor
+                raise ConfigError("recursive alias: a value contains itself", where=at(shown),
+                                  fix="remove the alias that refers to its own anchor")
+            return build(value, child_path, inner)
+
+        if isinstance(node, yaml.SequenceNode):
+            out_list = []
             for i, v in enumerate(node.value):
-                key = (*path, str(i))
-                lines[key] = v.start_mark.line + 1
-                walk(v, key)
+                lines.setdefault((*path, str(i)), v.start_mark.line + 1)
+                out_list.append(child(v, (*path, str(i)), node))
+            return out_list
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            first: dict[str, int] = {}
+            merged: list[Any] = []
+            for k, v in node.value:
+                if k.tag == "tag:yaml.org,2002:merge":
+                    merged.extend(v.value if isinstance(v, yaml.SequenceNode) else [v])
+                    continue
+                if not isinstance(k, yaml.ScalarNode):
+                    raise ConfigError("a key must be a plain value, not a list or mapping", where=at(k))
+                key = scalar(k)
+                key = "" if key is None else str(key)
+                if key in first:
+                    raise ConfigError(f"duplicate key '{key}' (first on line {first[key]})", where=at(k),
+                                      fix="keep one of them")
+                first[key] = k.start_mark.line + 1
+                lines.setdefault((*path, key), k.start_mark.line + 1)
+                out[key] = child(v, (*path, key), k)
+            for m in merged:
+                value = child(m, path, node)
+                if not isinstance(value, dict):
+                    raise ConfigError("'<<' merges a mapping only", where=at(m))
+                for key, item in value.items():
+                    out.setdefault(key, item)
+            return out
+        return scalar(node)
 
     try:
-        walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
-    except yaml.YAMLError:
-        pass
-    return lines
+        data = build(root, (), frozenset()) if root is not None else None
+    finally:
+        loader.dispose()
+    return data, lines
 
 
 class _Ctx:
@@ -326,22 +402,25 @@ def _convert(value: Any, tp: Any, path: tuple[str, ...], ctx: _Ctx) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
             return value.lower() in ("true", "yes", "1", "on")
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif tp is float:
+    elif tp is int or tp is float:
+        number: int | float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = value
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = int(value) if tp is int else float(value)
             except ValueError:
                 pass
+        if number is not None and tp is int and isinstance(number, float):
+            number = None  # 2.5 is not an integer
+        if number is not None:
+            # every count, size, port and duration in edgeci.yaml is a finite number of 0 or more
+            if not math.isfinite(number):
+                raise ConfigError(f"must be a finite number, not {value!r}", where=ctx.where(path),
+                                  fix="give a number of seconds (or a count), e.g. 600")
+            if number < 0:
+                raise ConfigError(f"must be 0 or more, not {value!r}", where=ctx.where(path))
+            return float(number) if tp is float else int(number)
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -413,8 +492,6 @@ def load_config(
 
     `path` None: ./edgeci.yaml if present (or EDGECI_CONFIG), else the embedded default.
     """
-    import yaml
-
     env = os.environ if env is None else env
     if path is None and env.get("EDGECI_CONFIG"):
         path = env["EDGECI_CONFIG"]
@@ -431,20 +508,13 @@ def load_config(
                               fix="check the path, or omit --config to use the embedded default") from None
         except OSError as e:
             raise ConfigError(f"cannot read config: {e.strerror}", where=str(cfg_path)) from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{cfg_path}:{mark.line + 1}" if mark else str(cfg_path)
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ConfigError(f"invalid YAML: {problem}", where=where,
-                              fix="fix the syntax (indentation, quoting)") from None
+        loaded, lines = _parse_yaml(text, str(cfg_path))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError("the top level must be a mapping of sections", where=f"{cfg_path}:1")
         data = loaded
-        lines = _line_map(text)
+    file_data = copy.deepcopy(data)
     origins: dict[tuple[str, ...], str] = {}
     for dotted, value in _env_overrides(env).items():
         origins[tuple(dotted.split("."))] = f"environment EDGECI_{dotted.replace('.', '_').upper()}"
@@ -457,6 +527,8 @@ def load_config(
     cfg.source = source
     cfg.root = (cfg_path.resolve().parent if cfg_path is not None else (root or Path.cwd()))
     _validate(cfg, ctx)
+    if origins:
+        _security_floor(_build(Config, file_data, (), _Ctx(source, lines)), cfg, ctx)
     return cfg
 
 
@@ -483,5 +555,91 @@ def _validate(cfg: Config, ctx: _Ctx) -> None:
     if cfg.stage.mode == "wait" and not cfg.stage.url:
         raise ConfigError("stage.mode is 'wait' but stage.url is empty", where=ctx.where(("stage", "mode")),
                           fix="set stage.url to the stage host's repo URL, e.g. http://stage:8080/repo")
-    if cfg.gate.approvals_required < 0:
-        raise ConfigError("must be 0 or more", where=ctx.where(("gate", "approvals_required")))
+    for key in ("port", "container_port"):
+        if getattr(cfg.stage, key) > 65535:
+            raise ConfigError(f"port {getattr(cfg.stage, key)} is out of range", where=ctx.where(("stage", key)),
+                              fix="use a port from 1 to 65535 (stage.port 0: any free port)")
+    name = cfg.stage.container_name
+    plain = name.replace("{blueprint}", "x")
+    if not CONTAINER_NAME_RE.match(plain) or len(plain) > 200:
+        raise ConfigError(f"{name!r} is not a container name podman and systemd accept", where=ctx.where(
+            ("stage", "container_name")), fix="use letters, digits, '_', '.' and '-' (first a letter or digit), "
+                                              "and {blueprint} for the blueprint's name")
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in cfg.stage.host_authfile):
+        raise ConfigError("the path contains a control character", where=ctx.where(("stage", "host_authfile")))
+    _choice(cfg.project.arch, ARCHES, ("project", "arch"), ctx)
+    for name, bp in cfg.blueprints.items():
+        if not valid_name(name):
+            raise ConfigError(f"{name!r} is not a blueprint name", where=ctx.where(("blueprints", name)),
+                              fix="blueprint names use letters, digits, '.', '_' and '-' only")
+        for i, arch in enumerate(bp.arch):
+            _choice(arch, ARCHES, ("blueprints", name, "arch", str(i)), ctx)
+
+
+# -- security settings: raised from the environment or the command line, never lowered ----------------------
+
+def _ids(values: list[str]) -> set[str]:
+    return {v.strip().casefold() for v in values}
+
+
+def _narrower(file_value: list[str], new_value: list[str]) -> bool:
+    """An allow-list (empty = anything) that admits no more than the file's."""
+    return not file_value or (bool(new_value) and _ids(new_value) <= _ids(file_value))
+
+
+def _lowered(file_cfg: Config, cfg: Config) -> list[tuple[tuple[str, ...], str]]:
+    """(key path, how) for every security setting the environment or command line made weaker than the file
+    (or the defaults, without a file)."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    fg, g = file_cfg.gate, cfg.gate
+    if g.approvals_required < fg.approvals_required:
+        out.append((("gate", "approvals_required"), f"{fg.approvals_required} -> {g.approvals_required} approvals"))
+    if fg.source != "local" and g.source == "local":
+        out.append((("gate", "source"), f"{fg.source} -> local approvals"))
+    if not fg.allow_fork and g.allow_fork:
+        out.append((("gate", "allow_fork"), "false -> true"))
+    restricted = bool(fg.allowed_users or fg.allowed_groups)
+    if restricted:
+        if not (g.allowed_users or g.allowed_groups):
+            out.append((("gate", "allowed_users"), "emptied: anyone but the authors could approve"))
+        else:
+            if g.allowed_users and not (fg.allowed_users and _ids(g.allowed_users) <= _ids(fg.allowed_users)):
+                out.append((("gate", "allowed_users"), "admits users the file does not"))
+            if g.allowed_groups and not (fg.allowed_groups and _ids(g.allowed_groups) <= _ids(fg.allowed_groups)):
+                out.append((("gate", "allowed_groups"), "admits groups the file does not"))
+    if not _narrower(fg.windows, g.windows):
+        out.append((("gate", "windows"), "widens or removes the change windows"))
+    if not _ids(fg.freeze) <= _ids(g.freeze):
+        out.append((("gate", "freeze"), "removes a freeze"))
+    # Settings other parts of the gate may add: a required set may only grow, an accepted set only shrink.
+    for key in ("required_scenarios",):
+        fv, v = list(getattr(fg, key, []) or []), list(getattr(g, key, []) or [])
+        if fv != v and not (fv and _ids(fv) <= _ids(v)):
+            out.append((("gate", key), "requires less than the file"))
+    for key in ("accepted_backends",):
+        fv, v = list(getattr(fg, key, []) or []), list(getattr(g, key, []) or [])
+        if fv != v and not (fv and v and _ids(v) <= _ids(fv)):
+            out.append((("gate", key), "accepts more than the file"))
+    fp, p = file_cfg.prod, cfg.prod
+    for key in ("gpg_key", "sign_ed25519_key"):
+        before, after = getattr(fp, key), getattr(p, key)
+        if before and after != before:
+            out.append((("prod", key), "emptied: production would be unsigned" if not after
+                        else "replaced by another key"))
+    if fp.gpg_key and p.gpg_homedir != fp.gpg_homedir:
+        out.append((("prod", "gpg_homedir"), "another keyring for the production key"))
+    return out
+
+
+def _security_floor(file_cfg: Config, cfg: Config, ctx: _Ctx) -> None:
+    lowered = _lowered(file_cfg, cfg)
+    if not lowered:
+        return
+    path, how = lowered[0]
+    twin = {"allowed_users": "allowed_groups", "allowed_groups": "allowed_users"}.get(path[-1])
+    if path not in ctx.origins and twin and (path[0], twin) in ctx.origins:
+        path = (path[0], twin)
+    where = "edgeci.yaml" if ctx.source == "(embedded default)" else Path(ctx.source).name
+    raise ConfigError(f"cannot be lowered from the environment or the command line ({how})", where=ctx.where(path),
+                      fix=f"remove the override: {'.'.join(path)} can only be changed in {where} (or the "
+                          "production host's trust policy)")
