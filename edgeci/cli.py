@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "approve": "edgeci.commands.approve",
     "gate": "edgeci.stages.gate",
     "promote": "edgeci.stages.promote",
+    "verify": "edgeci.commands.verify",
     "rollback": "edgeci.commands.rollback",
     "history": "edgeci.commands.history",
     "run": "edgeci.commands.pipeline",
@@ -131,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._module.run(args, cfg))
     except EdgeCIError as e:
         if debug:
-            import traceback
-
-            traceback.print_exc()
+            _print_traceback()
         error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
@@ -143,9 +142,22 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except Exception as e:  # a bug: still one line, the traceback with --debug
         if debug:
-            raise
+            _print_traceback()
+            error(f"internal error: {type(e).__name__}: {e}")
+            return EXIT_ERROR
         error(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
         return EXIT_ERROR
+
+
+def _print_traceback() -> None:
+    """The current exception's traceback on stderr, through the secret mask like every other line: exception
+    texts quote what servers answered, and servers echo what they were sent."""
+    import traceback
+
+    from edgeci.tools.run import mask
+
+    sys.stderr.write(mask(traceback.format_exc()))
+    sys.stderr.flush()
 
 
 def entry() -> None:

@@ -48,7 +48,7 @@ from edgeci.composer.weldr import (
     stream_to_file,
 )
 from edgeci.errors import BlueprintError, ComposerError, ConfigError
-from edgeci.tools.run import register_secret
+from edgeci.tools.run import mask, register_secret
 
 if TYPE_CHECKING:
     from edgeci.config import Config
@@ -432,10 +432,16 @@ class CloudComposer:
             body = r.json()
         except ValueError:
             body = {}
+        register_secret(self._refresh_token)
+        if isinstance(body, dict):  # every token the endpoint hands out (a rotated refresh token too) is a secret
+            for key in ("access_token", "refresh_token", "id_token"):
+                if isinstance(body.get(key), str):
+                    register_secret(body[key])
         if r.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
             reason = f"HTTP {r.status_code}"
             if isinstance(body, dict):
-                reason = str(body.get("error_description") or body.get("error") or reason)
+                reason = mask(str(body.get("error_description") or body.get("error") or reason).strip())
+                reason = reason.splitlines()[0][:300] if reason else f"HTTP {r.status_code}"
             raise ComposerError(f"the token endpoint refused the refresh token: {reason}", where=self.token_url,
                                 fix="renew EDGECI_COMPOSER_TOKEN (offline tokens expire after 30 days unused) and "
                                     "check composer.client_id")

@@ -8,13 +8,17 @@ stopped by PID with `Process.stop()`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,20 +50,63 @@ PACKAGES = {
 }
 
 
+# Runs of base64 (standard or URL-safe alphabet) long enough to carry a secret: `Authorization: Basic <base64 of
+# user:token>` echoed by a server, a token inside a JWT, … Each is decoded and masked when it holds a secret.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
+
+
+def _derived(value: str) -> set[str]:
+    """The forms a secret travels in besides itself: URL-encoded (form bodies, query strings), base64 (standard,
+    URL-safe, with and without padding) and hex. Base64 of the secret inside a longer string (user:token) is
+    found by decoding (see mask)."""
+    raw = value.encode()
+    b64 = base64.b64encode(raw).decode()
+    forms = {urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value), urllib.parse.quote(value),
+             b64, b64.rstrip("="), base64.urlsafe_b64encode(raw).decode(),
+             base64.urlsafe_b64encode(raw).decode().rstrip("="), raw.hex(), raw.hex().upper()}
+    return {f for f in forms if len(f) >= 3}
+
+
 def register_secret(value: str | None) -> None:
-    """Mask `value` from now on wherever edgeci prints, logs or records text."""
+    """Mask `value` (and its URL-encoded, base64 and hex forms) from now on wherever edgeci prints, logs or
+    records text."""
     if value and len(value) >= 3:
         with _SECRETS_LOCK:
             _SECRETS.add(value)
+            _FORMS.add(value)
+            _FORMS.update(_derived(value))
+
+
+_FORMS: set[str] = set()
+
+
+def _decodes_to_secret(run: str, secrets: list[str]) -> bool:
+    body = run.rstrip("=")
+    for altchars in (b"+/", b"-_"):
+        for cut in range(0, 4):  # the run may start inside a larger base64 string: try each alignment
+            part = body[cut:]
+            part = part[: len(part) - len(part) % 4] if len(part) % 4 == 1 else part
+            try:
+                decoded = base64.b64decode(part + "=" * (-len(part) % 4), altchars=altchars, validate=False)
+            except (ValueError, binascii.Error):
+                continue
+            text = decoded.decode("utf-8", errors="replace")
+            if any(s in text for s in secrets):
+                return True
+    return False
 
 
 def mask(text: str) -> str:
-    """Replace every registered secret in `text` with ***."""
+    """Replace every registered secret in `text`, and every encoded form of one, with ***."""
     if not text:
         return text
     with _SECRETS_LOCK:
+        if not _SECRETS:
+            return text
         secrets = sorted(_SECRETS, key=len, reverse=True)
-    for s in secrets:
+        forms = sorted(_FORMS, key=len, reverse=True)
+    text = _BASE64_RUN.sub(lambda m: MASK if _decodes_to_secret(m.group(0), secrets) else m.group(0), text)
+    for s in forms:
         if s in text:
             text = text.replace(s, MASK)
     return text
