@@ -88,7 +88,8 @@ def api_errors(conn: Connection, what: str) -> Iterator[None]:
         yield
     except gitlab.exceptions.GitlabError as e:
         code = getattr(e, "response_code", None)
-        message = mask(str(getattr(e, "error_message", "") or e))
+        text = str(getattr(e, "error_message", "") or e).strip()
+        message = mask(text.splitlines()[0][:300] if text else "")  # a response body: first line only, masked
         if code == 401:
             raise GitLabError(f"GitLab refused the token (401) for {what}", where=conn.url,
                               fix="check EDGECI_GITLAB_TOKEN: it must be valid and have the api scope") from None

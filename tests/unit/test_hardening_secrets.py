@@ -114,3 +114,17 @@ def test_cloud_token_endpoint_echoing_the_request_body_leaks_nothing(git_repo: G
     assert "refused the refresh token" in r.stderr and "Traceback" in r.stderr
     for form in forms(refresh):
         assert form not in r.stdout + r.stderr, form
+
+
+def test_gitlab_error_bodies_are_one_masked_line() -> None:
+    gitlab = pytest.importorskip("gitlab")
+    from edgeci.gitlab_api import Connection, GitLabError, api_errors
+
+    token = "glpat-11canary0gitlab0token"
+    register_secret(token)
+    conn = Connection(gl=None, url="https://gitlab.example.com", project_ref="platform/edge")
+    body = f"500 Internal Server Error: PRIVATE-TOKEN {urllib.parse.quote(token)} not accepted\n<html>\n{token}\n"
+    with pytest.raises(GitLabError) as e, api_errors(conn, "the environment"):
+        raise gitlab.exceptions.GitlabHttpError(body, response_code=500)
+    assert "\n" not in str(e.value) and "GitLab answered 500" in str(e.value)
+    assert token not in str(e.value) and urllib.parse.quote(token) not in str(e.value)
