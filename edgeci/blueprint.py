@@ -117,7 +117,12 @@ RULES: dict[str, str] = {
     "plaintext-password": "user passwords are crypt hashes, never clear text",
     "version-bump": "a blueprint changed since the base revision has a strictly higher version",
     "production-version": "the version is higher than the version in production",
+    "template": "${NAME} placeholders are declared, in values that may vary, and render into valid values",
+    "checks": "the checks file (NAME.checks.yaml) parses strictly: known kinds, unique names, valid paths and names",
+    "location": "the blueprint and its checks file are regular files inside the repository",
 }
+# Rules about a value that a ${NAME} placeholder stands in for: judged on the rendered value, not the template.
+VALUE_RULES = ("plaintext-password", "type")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 MODE_RE = re.compile(r"^0?[0-7]{3}$")  # osbuild's validateModeString
@@ -925,8 +930,10 @@ def lint_file(
     base_given: bool = False,
     production_version: str | None = None,
     rebuild: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> LintResult:
-    """Lint one blueprint file. A syntax error is a finding; an unreadable file is a BlueprintError."""
+    """Lint one blueprint file (and its checks file). A syntax error is a finding; an unreadable file is a
+    BlueprintError. `env` (default os.environ) gives ${NAME} values to judge rendered values with."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -946,9 +953,82 @@ def lint_file(
         return LintResult(p, p.stem, sha, None, [bad], not_applicable(None, cfg))
     findings = lint_blueprint(bp, cfg, base_text=base_text, production_version=production_version,
                               rebuild=rebuild)
+    findings = _template_findings(bp, cfg, findings, os.environ if env is None else env)
+    findings += _checks_findings(bp, cfg) + _location_findings(bp, cfg)
+    findings.sort(key=lambda f: (f.where.rsplit(":", 1)[0] != str(p), f.lineno, list(RULES).index(f.rule)))
     skipped = not_applicable(bp, cfg, base_text=base_text, base_given=base_given,
                              production_version=production_version)
     return LintResult(p, p.stem, sha, bp, findings, skipped)
+
+
+def _template_findings(bp: Blueprint, cfg: Config, findings: list[Finding], env: Mapping[str, str]) -> list[Finding]:
+    """The template rule: placeholders declared and allowed where they are; value rules judged on rendered values
+    (when the environment has every value) instead of on the placeholder text."""
+    from edgeci import templates
+
+    name = bp.path.stem
+    declared_names = templates.declared(cfg, name)
+    uses = templates.uses(bp.data)
+    lint = _Linter(bp, cfg)
+    cfg_file = Path(cfg.source).name if cfg.source != "(embedded default)" else "edgeci.yaml"
+    where_cfg = f"blueprints.{name}.variables in {cfg_file}"
+    for tf in templates.lint(bp.data, bp.text, declared_names, config_where=where_cfg):
+        lint.add(templates.RULE, tf.path, tf.message)
+    if not uses:
+        return findings + lint.findings
+    templated = {dotted(u.path) for u in uses}
+    kept = [f for f in findings if not (f.rule in VALUE_RULES and f.key in templated)]
+    names = sorted({u.name for u in uses})
+    if lint.findings or not all(n in env for n in names):
+        return kept + lint.findings
+    values = {n: env[n] for n in names}
+    templates.register_values(values)
+    rendered = templates.render_data(bp.data, values)
+    for tf in templates.check_values(bp.data, rendered):
+        lint.add(templates.RULE, tf.path, tf.message)
+    import dataclasses
+
+    rbp = dataclasses.replace(bp, data=rendered)
+    for f in lint_blueprint(rbp, cfg):
+        if f.rule in VALUE_RULES and f.key in templated:
+            shown = ", ".join(f"${{{u.name}}}" for u in uses if dotted(u.path) == f.key)
+            lint.findings.append(Finding(f.rule, f.severity, f.where,
+                                         f"{f.key} rendered from {shown} fails: {RULES[f.rule]}", f.key))
+    return kept + lint.findings
+
+
+def _checks_findings(bp: Blueprint, cfg: Config) -> list[Finding]:
+    """The checks rule: NAME.checks.yaml beside the blueprint parses strictly (first error, file:line)."""
+    from edgeci import templates
+    from edgeci.checks import ChecksError, load_text, parse_checks
+
+    path = bp.checks_path
+    if not path.is_file():
+        return []
+    try:
+        text = load_text(path)
+        parse_checks(text, str(path), declared=tuple(templates.declared(cfg, bp.path.stem)))
+    except ChecksError as e:
+        where = e.where if e.where and re.search(r":\d+$", e.where) else f"{path}:1"
+        return [Finding("checks", ERROR, where, e.message + (f"; {e.fix}" if e.fix else ""))]
+    return []
+
+
+def _location_findings(bp: Blueprint, cfg: Config) -> list[Finding]:
+    from edgeci.target import location_problem
+
+    # Judged against the project's repository when the path (as written, '..' folded) is below the project,
+    # else against the repository holding the file's directory: lint also takes files from elsewhere.
+    written = Path(os.path.normpath(bp.path.absolute()))
+    root: Path | None = cfg.root if written.is_relative_to(Path(os.path.normpath(cfg.root.absolute()))) else None
+    out = []
+    for p in (bp.path, bp.checks_path):
+        if p is bp.checks_path and not (p.exists() or p.is_symlink()):
+            continue
+        problem = location_problem(p, root)
+        if problem:
+            out.append(Finding("location", ERROR, f"{p}:1", problem))
+    return out
 
 
 def iter_blueprint_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -19,6 +19,13 @@ from typing import Any
 from edgeci.errors import BlueprintError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+# systemd unit names (systemd.unit(5)): name[@instance].type, at most 255 characters.
+UNIT_TYPES = ("service", "socket", "target", "timer", "path", "mount", "automount", "swap", "slice", "scope",
+              "device")
+UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.(" + "|".join(UNIT_TYPES) + r")$")
+# user and group names as shadow-utils accepts them
+ACCOUNT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+PLACEHOLDER_STANDIN = "edgeci-variable"
 KINDS = ("file_exists", "file_contains", "user_exists", "group_exists", "service_enabled",
          "os_release_version", "booted_commit", "command")
 RUNNING_KINDS = frozenset({"command", "script", "booted_commit"})
@@ -73,8 +80,11 @@ class ChecksFile:
 # -- parsing ----------------------------------------------------------------------------------------
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, values: dict[str, str] | None = None,
+                 declared: tuple[str, ...] | None = None) -> None:
         self.source = source
+        self.values = values  # ${NAME} values (compose, boot test); None: a stand-in (lint without values)
+        self.declared = declared  # names a placeholder may use; None: any
 
     def where(self, node: Any) -> str:
         return f"{self.source}:{node.start_mark.line + 1}"
@@ -122,12 +132,32 @@ class _Parser:
         text = str(value) if not isinstance(value, str) else value
         if not text:
             raise self.error(node, f"{what} must not be empty")
-        return text
+        return self.render(node, what, text)
+
+    def render(self, node: Any, what: str, text: str) -> str:
+        """`text` with its ${NAME} placeholders rendered (or replaced by a stand-in when no values are given)."""
+        from edgeci.templates import PLACEHOLDER_RE, VARIABLE_NAME_RE, render_string
+
+        names = [m.group(2) for m in PLACEHOLDER_RE.finditer(text) if not m.group(1)]
+        if not names:
+            return render_string(text, {})
+        for n in names:
+            if not VARIABLE_NAME_RE.match(n):
+                raise self.error(node, f"'${{{n}}}' in {what} is not a variable name", "write $${…} for a literal ${…}")
+            if self.declared is not None and n not in self.declared:
+                raise self.error(node, f"${{{n}}} in {what} is not declared",
+                                 "add it to blueprints.<name>.variables in edgeci.yaml")
+            if self.values is not None and n not in self.values:
+                raise self.error(node, f"${{{n}}} in {what} has no value", f"set {n} in the environment")
+        values = self.values if self.values is not None else {n: PLACEHOLDER_STANDIN for n in names}
+        return render_string(text, values)
 
     def path(self, node: Any, what: str) -> str:
         p = self.string(node, what)
         if not p.startswith("/"):
-            raise self.error(node, f"{what} must be an absolute path, not '{p}'", "start it with /")
+            raise self.error(node, f"{what} must be an absolute path, not '{_shown(p)}'", "start it with /")
+        if any(ord(ch) < 32 or ch == "\x7f" for ch in p):
+            raise self.error(node, f"{what} contains a control character (a newline?)", "give one path")
         return p
 
     def true(self, node: Any, what: str) -> bool:
@@ -135,6 +165,12 @@ class _Parser:
         if value is not True:
             raise self.error(node, f"{what} must be true", "remove the check instead of setting it false")
         return True
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A value for an error message: control characters escaped, long values cut."""
+    shown = text.encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= limit else shown[:limit] + "…"
 
 
 def _node_type(node: Any) -> str:
@@ -174,14 +210,20 @@ def _parse_check(p: _Parser, node: Any, index: int) -> Check:
         args = p.path(vnode, f"{what}.{kind}")
     elif kind in ("user_exists", "group_exists"):
         args = p.string(vnode, f"{what}.{kind}")
-        if ":" in args or "\n" in args:
-            raise p.error(vnode, f"{what}.{kind} is not a valid name: '{args}'")
+        if not ACCOUNT_RE.match(args) or args.isdigit():
+            raise p.error(vnode, f"{what}.{kind} is not a valid name: '{_shown(args)}'",
+                          f"a {kind.split('_')[0]} name uses letters, digits, '.', '_' and '-' (at most 32, not "
+                          "starting with a digit)")
     elif kind == "service_enabled":
         args = p.string(vnode, f"{what}.{kind}")
         if "/" in args:
             raise p.error(vnode, f"{what}.{kind} must be a unit name, not a path", "e.g. sshd.service")
         if "." not in args:
             args += ".service"
+        if not UNIT_RE.match(args) or len(args) > 255:
+            raise p.error(vnode, f"{what}.{kind} is not a systemd unit name: '{_shown(args)}'",
+                          "use NAME.service (letters, digits, ':', '_', '.', '-', '\\', one '@' for an "
+                          f"instance); unit types: {', '.join(UNIT_TYPES)}")
     elif kind in ("os_release_version", "booted_commit"):
         args = p.true(vnode, f"{what}.{kind}")
     else:
@@ -222,11 +264,15 @@ def _parse_script(p: _Parser, node: Any, index: int) -> Check:
                  line=keys["name"][0].start_mark.line + 1)
 
 
-def parse_checks(text: str, source: str = "<checks>") -> ChecksFile:
-    """Parse checks YAML text strictly. Errors name source:line and the fix."""
+def parse_checks(text: str, source: str = "<checks>", *, values: dict[str, str] | None = None,
+                 declared: tuple[str, ...] | None = None) -> ChecksFile:
+    """Parse checks YAML text strictly. Errors name source:line and the fix.
+
+    `${NAME}` placeholders in string values are rendered from `values` (when given; a neutral stand-in
+    otherwise) and, with `declared`, must name a declared variable."""
     import yaml
 
-    p = _Parser(source)
+    p = _Parser(source, values, declared)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
@@ -264,20 +310,65 @@ def parse_checks(text: str, source: str = "<checks>") -> ChecksFile:
     return result
 
 
-def load_checks(path: str | os.PathLike[str]) -> ChecksFile:
-    """Read and parse blueprints/<name>.checks.yaml."""
+def load_checks(path: str | os.PathLike[str], *, values: dict[str, str] | None = None,
+                expected_sha256: str | None = None) -> ChecksFile:
+    """Read and parse blueprints/<name>.checks.yaml. With `expected_sha256` (the record's
+    blueprint.checks_sha256), refuse a file whose bytes differ from what was composed and recorded."""
+    p = Path(path)
+    if expected_sha256 is not None:
+        verify_recorded(p, expected_sha256)
+    result = parse_checks(load_text(p), str(p), values=values)
+    result.path = p
+    return result
+
+
+def load_text(path: str | os.PathLike[str]) -> str:
+    """The checks file's text; ChecksError for a missing, unreadable or non-UTF-8 file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ChecksError("checks file not found", where=str(p)) from None
     except UnicodeDecodeError as e:
         raise ChecksError(f"checks file is not UTF-8 (byte {e.start})", where=str(p)) from None
     except OSError as e:
         raise ChecksError(f"cannot read checks file: {e.strerror}", where=str(p)) from None
-    result = parse_checks(text, str(p))
-    result.path = p
-    return result
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of the checks file's bytes ("" when there is no checks file)."""
+    import hashlib
+
+    p = Path(path)
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        raise ChecksError(f"cannot read checks file: {e.strerror}", where=str(p)) from None
+
+
+def verify_recorded(path: str | os.PathLike[str], expected_sha256: str) -> None:
+    """ChecksError naming both hashes unless the checks file is exactly the one the record names ("" = none)."""
+    p = Path(path)
+    actual = file_sha256(p)
+    if actual == expected_sha256:
+        return
+    what = "is missing" if not actual else f"has sha256 {actual}"
+    recorded = expected_sha256 or "(no checks file)"
+    raise ChecksError(f"checks file {what}, but the candidate was composed with {recorded}", where=str(p),
+                      fix="restore the checks file of the composed commit (git checkout), or compose again")
+
+
+def rendered_yaml(text: str, values: dict[str, str]) -> str:
+    """The checks YAML with its placeholders rendered in the parsed values (never by text substitution), for a
+    composer that renders the checks into the image."""
+    import yaml
+
+    from edgeci.templates import render_data
+
+    data = yaml.safe_load(text)
+    return str(yaml.safe_dump(render_data(data, values), sort_keys=False, allow_unicode=True))
 
 
 # -- rendering to greenboot scripts --------------------------------------------------------------------
@@ -319,7 +410,8 @@ def render_script(check: Check, version: str) -> str | None:
                 f"else echo {_q(f'no {what} {a} in {db}')}; exit 1; fi\n")
     elif check.kind == "service_enabled":
         body = (f"for link in /etc/systemd/system/*.wants/{_q(a)}; do\n"
-                f"  if [ -L \"$link\" ] || [ -e \"$link\" ]; then echo \"{a} enabled: $link\"; exit 0; fi\n"
+                f"  if [ -L \"$link\" ] || [ -e \"$link\" ]; then printf '%s enabled: %s\\n' {_q(a)} \"$link\"; "
+                "exit 0; fi\n"
                 f"done\necho {_q(a + ' is not enabled')}\nexit 1\n")
     elif check.kind == "os_release_version":
         body = (f"expected={_q(version)}\n"

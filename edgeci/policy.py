@@ -30,6 +30,13 @@ FAILED = "failed"
 WAITING = "pending"
 
 EARLIER_STAGES = ("lint", "compose", "push", "stage", "boot_test")
+# What the boot test must have covered, unless the gate settings say otherwise (gate.required_scenarios,
+# gate.accepted_backends): every scenario, on a backend that really boots the image.
+DEFAULT_SCENARIOS = ("install", "upgrade", "rollback")
+DEFAULT_BACKENDS = ("qemu", "libvirt")
+LOCAL_BACKENDS = ("qemu", "libvirt", "sysroot")  # gate.source local (the embedded default) also takes sysroot
+# The one reason a required scenario may be skipped: production has nothing to upgrade from or roll back to.
+FIRST_RELEASE = "production is empty (first release)"
 # An abbreviated checksum in an approval must be at least this long to count (git-style short ids).
 MIN_ABBREV = 12
 CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -38,6 +45,8 @@ APPROVE_MARK_RE = re.compile(r"edgeci-approve\s+([0-9a-f]{12,64})\b", re.IGNOREC
 # Rule names: one JUnit testcase each, in this order.
 RULES = (
     "stages-passed",
+    "boot-test-coverage",
+    "built-from-commit",
     "version-increases",
     "parent-is-production",
     "approvals-name-checksum",
@@ -91,6 +100,9 @@ class Evidence:
     people: list[Person] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # approval requests still open (e.g. a Jenkins input)
     notes: list[str] = field(default_factory=list)  # what the source could not check, shown with the verdict
+    # Why the change's authors cannot be determined ("" = they are known). Unknown authorship denies: no approval
+    # counts, because any approver might be an author.
+    authors_unknown: str = ""
 
 
 @dataclass
@@ -296,6 +308,65 @@ def _failed_scenario(boot: Mapping[str, Any]) -> str:
     return ""
 
 
+def boot_requirements(gate: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required scenarios, accepted backends) from the gate settings: gate.required_scenarios, and
+    gate.accepted_backends or, when empty, qemu and libvirt (plus sysroot when gate.source is local)."""
+    scenarios = tuple(getattr(gate, "required_scenarios", None) or DEFAULT_SCENARIOS)
+    backends = tuple(getattr(gate, "accepted_backends", None) or ())
+    if not backends:
+        backends = LOCAL_BACKENDS if getattr(gate, "source", "local") == "local" else DEFAULT_BACKENDS
+    return scenarios, backends
+
+
+def check_boot_coverage(candidate: Candidate, production: Production, required: Sequence[str],
+                        backends: Sequence[str]) -> RuleResult:
+    """The boot test ran on an accepted backend and every required scenario passed. A skipped scenario counts
+    only when it was skipped because production is empty (first release) and production really is empty."""
+    name = "boot-test-coverage"
+    boot = candidate.sections.get("boot_test") or {}
+    backend = str(boot.get("backend") or "")
+    if not boot:
+        return RuleResult(name, FAILED, "no boot test recorded")
+    if backend not in backends:
+        return RuleResult(name, FAILED, f"the boot test ran on '{backend or 'an unknown backend'}', which the gate "
+                                        f"does not accept (gate.accepted_backends: {', '.join(backends)})")
+    scenarios = boot.get("scenarios") or {}
+    ok: list[str] = []
+    for scen in required:
+        result = scenarios.get(scen) or {}
+        outcome = result.get("outcome")
+        if outcome == PASSED:
+            ok.append(scen)
+            continue
+        if outcome == "skipped" and result.get("reason") == FIRST_RELEASE and production.commit is None:
+            ok.append(f"{scen} (skipped: first release)")
+            continue
+        if not result:
+            why = "did not run"
+        elif outcome == "skipped":
+            why = f"was skipped ({result.get('reason') or 'no reason'})"
+            if result.get("reason") == FIRST_RELEASE:
+                why += f", but production runs {short(production.commit)}"
+        else:
+            why = f"{outcome or 'has no outcome'}"
+        return RuleResult(name, FAILED, f"required scenario '{scen}' {why} (gate.required_scenarios: "
+                                        f"{', '.join(required)})")
+    return RuleResult(name, PASSED, f"{backend}: " + ", ".join(ok))
+
+
+def check_built_from_commit(candidate: Candidate) -> RuleResult:
+    """The candidate was composed from committed files only (compose --allow-uncommitted records them)."""
+    name = "built-from-commit"
+    bp = candidate.sections.get("blueprint") or {}
+    dirty = bp.get("uncommitted") or []
+    if dirty:
+        return RuleResult(name, FAILED, "composed from uncommitted files (" + ", ".join(str(d) for d in dirty)
+                                        + "): nobody can review or attribute them; commit and compose again")
+    sha = bp.get("git_sha")
+    return RuleResult(name, PASSED, f"composed from git commit {sha[:12]}" if sha else
+                      "composed outside git (its authors are judged by the no-self-approval rule)")
+
+
 def check_version(candidate_version: str | None, production: Production) -> RuleResult:
     name = "version-increases"
     if not candidate_version:
@@ -383,12 +454,17 @@ def evaluate(
     allow_fork: bool = False,
     windows: Sequence[str] = (),
     freeze: Sequence[str] = (),
+    required_scenarios: Sequence[str] = DEFAULT_SCENARIOS,
+    accepted_backends: Sequence[str] = DEFAULT_BACKENDS,
     now: datetime,
 ) -> Verdict:
-    """Every rule, each with its reason, and the decision: approved, denied, or pending (not enough yet)."""
+    """Every rule, each with its reason, and the decision: approved, denied, or pending (not enough yet).
+    required_scenarios/accepted_backends default to production's strictest (see boot_requirements)."""
     checksum = candidate.checksum
     rules = [
         check_stages(candidate),
+        check_boot_coverage(candidate, production, required_scenarios, accepted_backends),
+        check_built_from_commit(candidate),
         check_version(candidate.version, production),
         check_parent(candidate.parent, production, allow_fork),
     ]
@@ -409,6 +485,9 @@ def evaluate(
             continue
         if not names_checksum(a.checksum, checksum):
             wrong_checksum.append((a, f"{a.user} approved {short(a.checksum)}, not this candidate {short(checksum)}"))
+            continue
+        if evidence.authors_unknown:
+            self_approved.append((a, f"{a.user}'s approval cannot count: {evidence.authors_unknown}"))
             continue
         who = author_of(a, evidence.people)
         if who is not None:
@@ -433,10 +512,14 @@ def evaluate(
     rules.append(filter_rule("approvals-name-checksum", wrong_checksum,
                              f"every approval names {short(checksum)}" if evidence.approvals
                              else "no approvals yet"))
-    rules.append(filter_rule("no-self-approval", self_approved,
-                             "no approver is an author, the merge-request author, the pipeline triggerer "
-                             "or the blueprint's last committer"
-                             + (f" ({'; '.join(p.label() for p in evidence.people)})" if evidence.people else "")))
+    if evidence.authors_unknown:
+        rules.append(RuleResult("no-self-approval", FAILED, f"the change's authors cannot be determined "
+                                f"({evidence.authors_unknown}), so no approval counts"))
+    else:
+        rules.append(filter_rule(
+            "no-self-approval", self_approved,
+            "no approver is an author or committer of the change, the merge-request author or the pipeline "
+            "triggerer" + (f" ({'; '.join(p.label() for p in evidence.people)})" if evidence.people else "")))
     rules.append(filter_rule("approvers-allowed", not_allowed,
                              "every approver is allowed" if (allowed_users or allowed_groups)
                              else "anyone but the authors may approve (no gate.allowed_users/allowed_groups)"))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
-from edgeci.config import Config
-from edgeci.errors import BlueprintError
+from edgeci.config import ARCHES, Config, valid_name
+from edgeci.errors import BlueprintError, ConfigError
 from edgeci.record import BuildRecord, record_path
 
 
@@ -23,6 +24,7 @@ def blueprint_path(cfg: Config, name_or_path: str) -> Path:
     if p.suffix == ".toml" or "/" in name_or_path:
         candidate = p if p.is_absolute() else Path.cwd() / p
     else:
+        check_target(name_or_path, ARCHES[0])
         candidate = cfg.blueprints_dir / f"{name_or_path}.toml"
     if not candidate.is_file():
         known = sorted(x.stem for x in cfg.blueprints_dir.glob("*.toml")) if cfg.blueprints_dir.is_dir() else []
@@ -34,18 +36,62 @@ def blueprint_path(cfg: Config, name_or_path: str) -> Path:
     return candidate
 
 
+def location_problem(path: Path, root: Path | None = None) -> str | None:
+    """Why a blueprint (or checks) file may not be built from, or None: a symbolic link, or a file that resolves
+    outside the git repository of `root` (the project; else the one holding the file's directory). Only files
+    in git have authors the gate can know."""
+    from edgeci.tools import git
+
+    if path.is_symlink():
+        return (f"{path} is a symbolic link (to {os.readlink(path)}); edgeci builds only regular files "
+                "committed in the repository")
+    top = git.toplevel(root) if root is not None else None
+    top = top or git.toplevel(path.parent if path.parent.is_dir() else path)
+    if top is None:
+        return None
+    try:
+        path.resolve().relative_to(top.resolve())
+    except ValueError:
+        return f"{path} resolves to {path.resolve()}, outside the git repository {top}"
+    return None
+
+
+def check_location(path: Path, root: Path | None = None) -> None:
+    """BlueprintError (exit 2) when location_problem() finds one for the blueprint or its checks file."""
+    checks = path.with_name(f"{path.stem}.checks.yaml")
+    for p in (path, checks):
+        if p is checks and not (p.exists() or p.is_symlink()):
+            continue
+        problem = location_problem(p, root)
+        if problem:
+            raise BlueprintError(problem, where=str(p),
+                                 fix="replace it with the file itself, committed inside the repository")
+
+
 def blueprint_name(name_or_path: str) -> str:
     return Path(name_or_path).stem if name_or_path.endswith(".toml") else name_or_path
+
+
+def check_target(name: str, arch: str) -> None:
+    """A blueprint name and an arch become directory and file names (build/NAME/ARCH, reports, the stage
+    directory): the name must match ^[A-Za-z0-9._-]+$ and the arch be one Image Builder builds for."""
+    if not valid_name(name):
+        raise BlueprintError(f"{name!r} is not a blueprint name", where="BLUEPRINT",
+                             fix="blueprint names use letters, digits, '.', '_' and '-' only")
+    if arch not in ARCHES:
+        raise ConfigError(f"unknown architecture {arch!r}", where="--arch", fix=f"use one of: {', '.join(ARCHES)}")
 
 
 def target(cfg: Config, args: argparse.Namespace) -> tuple[str, str]:
     """(blueprint name, arch) from the parsed arguments."""
     name = blueprint_name(args.blueprint)
     arch = args.arch or cfg.arches(name)[0]
+    check_target(name, arch)
     return name, arch
 
 
 def record_file(cfg: Config, name: str, arch: str) -> Path:
+    check_target(name, arch)
     return record_path(cfg.build_dir, name, arch)
 
 
@@ -55,6 +101,7 @@ def load_record(cfg: Config, name: str, arch: str) -> BuildRecord:
 
 def work_dir(cfg: Config, name: str, arch: str) -> Path:
     """build/<blueprint>/<arch>/ — where a stage keeps its files for this target."""
+    check_target(name, arch)
     d = cfg.build_dir / name / arch
     d.mkdir(parents=True, exist_ok=True)
     return d

@@ -58,15 +58,52 @@ def source(name: str, ctx: SourceContext) -> ApprovalSource:
     return made
 
 
+def release_base(ctx: SourceContext, candidate: Candidate) -> tuple[str | None, str, list[str]]:
+    """(the git sha production's release was built from, its blueprint path, notes) from production's releases
+    log; (None, "", …) for a first release or when the log does not say (the whole history then counts)."""
+    from edgeci.production import ProdSettings, read_production
+
+    if ctx.cfg is None or not hasattr(ctx.cfg, "prod"):
+        return None, "", ["production is not configured: every commit of the blueprint's history counts"]
+    state = read_production(ProdSettings.from_config(ctx.cfg), candidate.ref)
+    prod = state.production
+    if prod.commit is None:
+        return None, "", []
+    released = next((r for r in reversed(state.releases) if r.get("checksum") == prod.commit), None)
+    sha = str((released or {}).get("blueprint_git_sha") or "")
+    if not sha:
+        return None, "", [f"production's release {prod.commit[:12]} has no recorded git sha: every commit of the "
+                          "blueprint's history counts as the change"]
+    return sha, str((released or {}).get("blueprint_path") or ""), []
+
+
 def gather(name: str, ctx: SourceContext, candidate: Candidate) -> Evidence:
-    """The source's evidence plus the authors every source shares: the git authors of the blueprint and the
-    identities CI gives for who started the run (a local source already includes them)."""
+    """The source's evidence plus what every source shares: the change's authors from git (every author,
+    committer and co-author of every commit touching the blueprint or its checks since production's release,
+    up to the commit the candidate was built from) and the identities CI gives for who started the run."""
     from edgeci.approvals import local_source as local
 
     evidence = source(name, ctx).collect(candidate)
+    since, released_path, notes = release_base(ctx, candidate)
+    built_from = str(candidate.blueprint_info.git_sha or "") or None
+    extra: tuple[str, ...] = ()
+    if released_path and ctx.blueprint_path is not None:
+        from edgeci.tools import git
+
+        top = git.toplevel(ctx.blueprint_path)
+        root = getattr(ctx.cfg, "root", None)
+        if top is not None and root is not None:
+            p = Path(released_path)
+            p = p if p.is_absolute() else Path(root) / p
+            try:
+                extra = (p.resolve().relative_to(top.resolve()).as_posix(),)
+            except ValueError:
+                extra = ()
+    a = local.authorship(ctx.blueprint_path, since=since, rev=built_from, extra_paths=extra)
+    people = a.people
     if name != "local":
-        people, notes = local.git_people(ctx.blueprint_path)
         people += local.env_people(ctx.env)
-        evidence.people = people + evidence.people
-        evidence.notes = notes + evidence.notes
+    evidence.people = people + evidence.people
+    evidence.notes = notes + a.notes + evidence.notes
+    evidence.authors_unknown = evidence.authors_unknown or a.unknown
     return evidence

@@ -2,8 +2,11 @@
 
 build/<bp>/<arch>/approvals/<checksum>/<user>.json — written by `edgeci approve BLUEPRINT --as NAME`.
 Approvals of an earlier candidate stay where they are and are reported as approving another checksum.
-Authors (whose approvals never count): the git author of HEAD, the blueprint's last committer, and the
-identities CI gives ($EDGECI_AUTHOR, $GITLAB_USER_LOGIN, $BUILD_USER_ID).
+Authors (whose approvals never count): every author, committer and Co-authored-by trailer of every commit that
+touched the blueprint or its checks file since production's release (the whole history for a first release),
+the git author of HEAD, and the identities CI gives ($EDGECI_AUTHOR, $GITLAB_USER_LOGIN, $BUILD_USER_ID).
+When they cannot be determined (not in git, a symlink out of the repository, a shallow clone without the
+release's commit) no approval counts.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,33 +101,117 @@ def unix_groups(user: str) -> frozenset[str]:
     return frozenset(groups)
 
 
-def git_people(blueprint_path: Path | None) -> tuple[list[Person], list[str]]:
-    """The commit author of HEAD and the blueprint's last committer, from the git repository that holds
-    the blueprint; notes say what could not be determined."""
+@dataclass
+class Authorship:
+    """Who wrote the change being approved: every author, committer and Co-authored-by trailer of every commit
+    touching the blueprint or its checks file since production's release; `unknown` says why they cannot be
+    determined ("" when they can) — the gate then counts no approval."""
+
+    people: list[Person] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unknown: str = ""
+
+
+def _inside(top: Path, path: Path) -> str | None:
+    """`path` relative to the repository root when it is a regular file inside it (no symlink), else None."""
+    try:
+        if path.is_symlink():
+            return None
+        return path.resolve().relative_to(top.resolve()).as_posix()
+    except (ValueError, OSError):
+        return None
+
+
+def authorship(blueprint_path: Path | None, *, since: str | None = None, rev: str | None = None,
+               extra_paths: tuple[str, ...] = ()) -> Authorship:
+    """The change's people from git (see Authorship). `since`: the git sha production's release was built from
+    (None = first release or unknown: the whole history); `rev`: the commit the candidate was built from
+    (default HEAD); `extra_paths`: more repository paths to include (the blueprint's path at the release)."""
     from edgeci.tools import git
 
-    people: list[Person] = []
-    notes: list[str] = []
+    out = Authorship()
     if blueprint_path is None:
-        return people, ["no blueprint file: the git author and last committer are not known"]
-    top = git.toplevel(blueprint_path)
+        out.unknown = "there is no blueprint file to read its git history from"
+        return out
+    bp = Path(blueprint_path)
+    top = git.toplevel(bp)
     if top is None:
-        return people, [f"{blueprint_path} is not in a git repository: its author and last committer are unknown"]
-    head = git.last_commit(top, "HEAD")
-    if head is not None:
-        people.append(Person("commit author", (head.author_email, head.author_name)))
-    try:
-        rel = str(Path(blueprint_path).resolve().relative_to(top.resolve()))
-    except ValueError:
-        rel = str(blueprint_path)
-    last = git.last_commit(top, "HEAD", path=rel)
-    if last is not None:
-        people.append(Person("blueprint's last committer", (last.author_email, last.author_name)))
-        if (last.committer_email, last.committer_name) != (last.author_email, last.author_name):
-            people.append(Person("blueprint's last committer", (last.committer_email, last.committer_name)))
+        out.unknown = f"{bp} is not in a git repository"
+        return out
+    rel = _inside(top, bp)
+    if rel is None:
+        out.unknown = f"{bp} is a symbolic link or leaves the repository {top}"
+        return out
+    checks = bp.with_name(f"{bp.stem}.checks.yaml")
+    paths = [rel]
+    if checks.exists() or checks.is_symlink():
+        crel = _inside(top, checks)
+        if crel is None:
+            out.unknown = f"{checks} is a symbolic link or leaves the repository {top}"
+            return out
+        paths.append(crel)
     else:
-        notes.append(f"{rel} has no commit yet: its last committer is unknown")
-    return people, notes
+        paths.append(str(Path(rel).with_name(checks.name)))
+    paths += [p for p in extra_paths if p and p not in paths]
+    head = git.rev_parse(top, rev) if rev else None
+    if rev and head is None:
+        out.notes.append(f"the commit the candidate was built from ({rev[:12]}) is not in this clone: using HEAD")
+    head = head or git.rev_parse(top, "HEAD")
+    if head is None:
+        out.unknown = f"the repository {top} has no commit"
+        return out
+    if git.committed_blob(top, head, rel) is None:
+        out.unknown = f"{rel} is not committed in {head[:12]}"
+        return out
+    start = None
+    if since:
+        found = git.rev_parse(top, since)
+        if found is not None and git.is_ancestor(top, found, head):
+            start = found
+        elif found is not None:
+            out.notes.append(f"production's release was built from {since[:12]}, which is not an ancestor of "
+                             f"{head[:12]}: every commit of the blueprint's history counts")
+        elif git.is_shallow(top):
+            out.unknown = (f"production's release was built from {since[:12]}, which this shallow clone does not "
+                           "have (fetch the whole history: GitLab GIT_DEPTH: 0, or git fetch --unshallow)")
+            return out
+        else:
+            out.notes.append(f"production's release was built from {since[:12]}, which this repository does not "
+                             "have: every commit of the blueprint's history counts")
+    if start is None and git.is_shallow(top):
+        out.unknown = ("this is a shallow clone, so the blueprint's history is incomplete (fetch the whole "
+                       "history: GitLab GIT_DEPTH: 0, or git fetch --unshallow)")
+        return out
+    commits = git.commits_touching(top, paths, since=start, rev=head)
+    seen: set[tuple[str, tuple[str, str]]] = set()
+
+    def add(role: str, who: tuple[str, str]) -> None:
+        if (role, who) not in seen and any(who):
+            seen.add((role, who))
+            out.people.append(Person(role, who))
+
+    head_commit = git.last_commit(top, head)
+    if head_commit is not None:
+        add("commit author", (head_commit.author_email, head_commit.author_name))
+    if commits:
+        last = commits[0]
+        add("blueprint's last committer", last.author)
+        add("blueprint's last committer", last.committer)
+    for c in commits:
+        add("change author", c.author)
+        add("change committer", c.committer)
+        for co in c.co_authors:
+            add("change co-author", co)
+    if not commits and start is None:
+        out.unknown = f"no commit touches {rel} up to {head[:12]}"
+    return out
+
+
+def git_people(blueprint_path: Path | None, *, since: str | None = None,
+               rev: str | None = None) -> tuple[list[Person], list[str]]:
+    """The change's people and notes (see authorship); what makes them unknown is one of the notes."""
+    a = authorship(blueprint_path, since=since, rev=rev)
+    return a.people, a.notes + ([f"authors unknown: {a.unknown}"] if a.unknown else [])
 
 
 def env_people(env: Mapping[str, str]) -> list[Person]:
@@ -149,12 +237,12 @@ def head_author(blueprint_path: Path | None, env: Mapping[str, str] | None = Non
 
 
 def collect(work_dir: Path, blueprint_path: Path | None, env: Mapping[str, str] | None = None,
-            candidate: str | None = None) -> Evidence:
+            candidate: str | None = None, *, since: str | None = None, rev: str | None = None) -> Evidence:
     """Evidence for the policy from the local approval files (of `candidate`, when given) and the local authors."""
     env = os.environ if env is None else env
-    people, notes = git_people(blueprint_path)
-    people += env_people(env)
-    return Evidence(approvals=read_approvals(work_dir, candidate), people=people, notes=notes)
+    a = authorship(blueprint_path, since=since, rev=rev)
+    return Evidence(approvals=read_approvals(work_dir, candidate), people=a.people + env_people(env),
+                    notes=a.notes, authors_unknown=a.unknown)
 
 
 class LocalSource:
@@ -166,4 +254,6 @@ class LocalSource:
         self.ctx = ctx
 
     def collect(self, candidate: Candidate) -> Evidence:
-        return collect(self.ctx.work_dir, self.ctx.blueprint_path, env=self.ctx.env, candidate=candidate.checksum)
+        """The approval files and CI identities; gather() adds the change's git authors."""
+        return Evidence(approvals=read_approvals(self.ctx.work_dir, candidate.checksum),
+                        people=env_people(self.ctx.env))

@@ -32,6 +32,7 @@ from edgeci.config import Config
 from edgeci.errors import BlueprintError, ComposerError, EdgeCIError, ToolError
 from edgeci.record import atomic_write_text
 from edgeci.tools import ostree
+from edgeci.tools.run import mask
 
 IMAGE_TYPES = ("edge-commit", "edge-container")
 ARTIFACT_NAMES = {"edge-commit": "commit.tar", "edge-container": "container.tar"}
@@ -113,7 +114,7 @@ class LocalComposer:
         with self._lock:
             try:
                 with open(d / "log", "a", encoding="utf-8") as f:
-                    f.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+                    f.write(f"{time.strftime('%H:%M:%S')} {mask(message)}\n")
             except OSError:
                 pass  # a full disk must not hide the error being logged
 
@@ -127,7 +128,8 @@ class LocalComposer:
                                  where=f"{name}.toml", fix="make name = in the TOML match the file name")
         self._mkdirs()
         try:
-            atomic_write_text(self.blueprints_dir / f"{name}.toml", toml_text)
+            # rendered ${NAME} values are registered secrets: the stored copy keeps them masked
+            atomic_write_text(self.blueprints_dir / f"{name}.toml", mask(toml_text))
         except OSError as e:
             raise ComposerError(f"cannot store blueprint '{name}': {e.strerror}", where=str(self.blueprints_dir),
                                 fix="make the build directory writable") from None
@@ -170,9 +172,9 @@ class LocalComposer:
         request_data = request.as_dict()
         request_data.update(parent_resolved=parent, version=version)
         atomic_write_text(d / "request.json", json.dumps(request_data, indent=2, sort_keys=True))
-        (d / "blueprint.toml").write_text(request.blueprint_toml)
+        (d / "blueprint.toml").write_text(mask(request.blueprint_toml))
         if request.checks_yaml:
-            (d / "checks.yaml").write_text(request.checks_yaml)
+            (d / "checks.yaml").write_text(mask(request.checks_yaml))
         self._status_write(d, id=cid, state=ComposeState.WAITING.value, queued=_now(), pid=os.getpid(), key=key,
                            blueprint_name=request.blueprint_name, blueprint_version=version,
                            image_type=request.image_type, detail="queued")
@@ -327,6 +329,7 @@ class LocalComposer:
             for part in d.glob(".*.part"):  # never leave a half-written artifact behind
                 part.unlink(missing_ok=True)
             if failure:
+                failure["detail"] = mask(str(failure["detail"]))
                 self._log(d, failure.pop("log"))
                 self._status_write(d, state=ComposeState.FAILED.value, finished=_now(), **failure)
 

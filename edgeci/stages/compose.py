@@ -17,6 +17,7 @@ from edgeci.config import Config
 
 if TYPE_CHECKING:
     from edgeci.blueprint import Blueprint
+    from edgeci.record import BuildRecord
 
 HELP = "compose the blueprint into an ostree commit (edge-container or edge-commit) and record it"
 TYPES = ("edge-container", "edge-commit")
@@ -35,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("local", "weldr", "cloud"), default=None,
                    help="composer backend (default: composer.backend)")
     p.add_argument("--socket", default=None, metavar="PATH", help="weldr API socket (default: composer.socket)")
+    p.add_argument("--allow-uncommitted", action="store_true",
+                   help="local experiments only (gate.source local): compose a blueprint or checks file with "
+                        "uncommitted changes; recorded, and the gate denies the candidate")
     p.add_argument("--rebuild", action="store_true",
                    help="scheduled rebuild: when the blueprint's version is not above production's, compose it as "
                         "production's next patch version (1.2.3 -> 1.2.4) so package updates ship; git is unchanged")
@@ -47,16 +51,45 @@ def _display(cfg: Config, path: Path) -> str:
         return str(path.resolve())
 
 
-def _lint(bp: Blueprint, cfg: Config) -> None:
-    from edgeci.blueprint import lint_blueprint
+def _lint(path: Path, cfg: Config) -> None:
+    """The lint stage's errors stop the compose (exit 2): schema, template, checks file, location."""
+    from edgeci.blueprint import lint_file
     from edgeci.errors import BlueprintError
 
-    errors = [f for f in lint_blueprint(bp, cfg) if f.severity == "error"]
+    errors = lint_file(path, cfg).errors
     if errors:
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise BlueprintError(f"blueprint fails lint: {first.message}{more}", where=first.where,
-                             fix=f"run edgeci lint {bp.path}")
+                             fix=f"run edgeci lint {path}")
+
+
+def _committed(cfg: Config, files: list[Path], allow_uncommitted: bool) -> list[str]:
+    """A gated build builds exactly a committed tree: BlueprintError (exit 2) naming the blueprint or checks files
+    that differ from HEAD (modified, staged or untracked). --allow-uncommitted (gate.source local only) composes
+    them anyway for an experiment and returns their names for the record, where the gate denies the candidate."""
+    from edgeci.errors import BlueprintError
+    from edgeci.tools import git
+    from edgeci.ui import warn
+
+    top = git.toplevel(files[0])
+    if top is None:
+        return []  # outside git: nothing to compare with; the gate denies it (its authors are unknown)
+    rels = [f.resolve().relative_to(top.resolve()).as_posix() for f in files if f.exists()]
+    dirty = git.uncommitted(top, rels)
+    if not dirty:
+        return []
+    named = ", ".join(f"{p} {why}" for p, why in dirty)
+    if allow_uncommitted:
+        if cfg.gate.source != "local":
+            raise BlueprintError(f"--allow-uncommitted is for local experiments, but gate.source is "
+                                 f"{cfg.gate.source} ({named})", where=str(top),
+                                 fix="commit the files (git add + git commit) and compose again")
+        warn(f"composing uncommitted files ({named}): an experiment — the gate denies this candidate")
+        return [p for p, _ in dirty]
+    raise BlueprintError(f"a gated build builds only committed files: {named}", where=str(top),
+                         fix=f"commit them (git add {' '.join(p for p, _ in dirty)} && git commit), or for a local "
+                             "experiment pass --allow-uncommitted (gate.source local; the gate will deny it)")
 
 
 def _rebuild_version(bp: Blueprint, cfg: Config, ref: str) -> Blueprint:
@@ -91,32 +124,64 @@ def _ensure_writable(directory: Path) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci.errors import EdgeCIError
+    from edgeci.record import FAILED, BuildRecord
+    from edgeci.target import blueprint_path, record_file, target
+
+    name, arch = target(cfg, args)
+    path = blueprint_path(cfg, args.blueprint)
+    rec = BuildRecord.load_or_new(record_file(cfg, name, arch))
+    try:
+        return _compose(args, cfg, name, arch, path, rec)
+    except (EdgeCIError, KeyboardInterrupt) as e:
+        # A compose that did not finish invalidates the compose section and every later one: an older candidate's
+        # "passed" must not survive a failed attempt (run --resume would carry on with it).
+        previous = rec.get("compose") if rec.path.exists() else None
+        if previous is not None and previous.get("status") == "passed":
+            rec.set("compose", {"error": str(e) if isinstance(e, EdgeCIError) else "interrupted"}, status=FAILED)
+            rec.save()
+        raise
+
+
+def _compose(args: argparse.Namespace, cfg: Config, name: str, arch: str, path: Path, rec: BuildRecord) -> int:
+    import os
     import time
 
     from edgeci import blueprint as blueprints
+    from edgeci import templates
+    from edgeci.checks import file_sha256, load_checks, rendered_yaml
     from edgeci.composer import backend
     from edgeci.composer.base import ComposeRequest, ComposeState
     from edgeci.errors import BlueprintError
     from edgeci.junit import Case, Outcome, write_junit
     from edgeci.oci import sha256_file
-    from edgeci.record import FAILED, BuildRecord
-    from edgeci.target import blueprint_path, record_file, target
+    from edgeci.record import FAILED
+    from edgeci.target import check_location
     from edgeci.tools import git
     from edgeci.ui import error, progress, say, warn
 
-    name, arch = target(cfg, args)
-    path = blueprint_path(cfg, args.blueprint)
+    check_location(path, cfg.root)
     bp = blueprints.load(path)
-    _lint(bp, cfg)
     if bp.name != name:
         raise BlueprintError(f"blueprint is named '{bp.name}' but its file is {path.name}", where=str(path),
                              fix=f"rename the file to {bp.name}.toml or set name = \"{name}\"")
+    # Values first: registered with the mask before lint or anything else may print them.
+    declared = templates.declared(cfg, name)
+    used = sorted({u.name for u in templates.uses(bp.data)})
+    checks_path = bp.checks_path
+    checks_template = checks_path.read_text(encoding="utf-8") if checks_path.is_file() else ""
+    used_in_checks = sorted({u.name for u in templates.uses({"checks": checks_template})}) \
+        if templates.has_placeholders(checks_template) else []
+    where = f"{_display(cfg, path)} (blueprints.{name}.variables)"
+    values = templates.values_from_env(sorted(set(used) | set(used_in_checks)), os.environ, blueprint=name,
+                                       where=where) if set(used) | set(used_in_checks) <= set(declared) else {}
+    templates.register_values(values)
+    _lint(path, cfg)
+    uncommitted = _committed(cfg, [path, checks_path], args.allow_uncommitted)
     checks_text = ""
-    if bp.checks_path.is_file():
-        from edgeci.checks import load_checks
-
-        load_checks(bp.checks_path)  # strict: a bad checks file stops here with file:line
-        checks_text = bp.checks_path.read_text(encoding="utf-8")
+    if checks_template:
+        load_checks(checks_path, values=values)  # strict: a bad checks file stops here with file:line
+        checks_text = rendered_yaml(checks_template, values) if used_in_checks else checks_template
 
     if args.backend:
         cfg.composer.backend = args.backend
@@ -126,33 +191,43 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     dest = cfg.build_dir / name / arch
     _ensure_writable(dest)
 
-    rec_path = record_file(cfg, name, arch)
-    rec = BuildRecord.load_or_new(rec_path)
     git_sha = git.head_sha(path.resolve())
     ref = args.ref or cfg.ref(name, arch)
     written_version = bp.version
     if args.rebuild:
         bp = _rebuild_version(bp, cfg, ref)
+    rendered = templates.render_blueprint(bp.text, bp.data, declared, values, blueprint=name,
+                                          source=_display(cfg, path), template_sha256=bp.sha256)
     bp_section: dict[str, Any] = {"name": bp.name, "version": bp.version, "path": _display(cfg, path),
-                                  "git_sha": git_sha, "sha256": bp.sha256}
+                                  "git_sha": git_sha, "sha256": bp.sha256,
+                                  "checks_path": _display(cfg, checks_path) if checks_template else "",
+                                  "checks_sha256": file_sha256(checks_path) if checks_template else ""}
     if bp.version != written_version:
         bp_section["rebuild_of"] = written_version
+    compose_only: dict[str, Any] = {**rendered.record(), "uncommitted": uncommitted}
+    if used_in_checks:
+        compose_only["checks_variables"] = {n: templates.value_sha256(values[n]) for n in used_in_checks}
     old = rec.get("blueprint")
     if not old or any(old.get(k) != v for k, v in bp_section.items()) or old.get("status") != "passed":
-        rec.set("blueprint", bp_section)  # a changed blueprint: the later sections described another one
+        rec.set("blueprint", {**bp_section, **compose_only})  # a changed blueprint: later sections are another's
+    else:
+        old.update(compose_only)
 
     composer = backend(cfg)
     image_type = args.type or cfg.image_type(name)
     request = ComposeRequest(
-        blueprint_name=bp.name, blueprint_toml=bp.text, image_type=image_type,
+        blueprint_name=bp.name, blueprint_toml=rendered.text, image_type=image_type,
         ref=ref, parent=args.parent or "", url=args.url or "", arch=arch,
         distro=cfg.distro(name), size=cfg.composer.size, git_sha=git_sha, checks_yaml=checks_text,
         blueprint_version=bp.version,
     )
-    composer.push_blueprint(bp.name, bp.text)
+    composer.push_blueprint(bp.name, rendered.text)
     started = time.monotonic()
     compose_id = composer.start(request)
     say(f"compose {compose_id}: {bp.name} {bp.version} {image_type} ref {request.ref} ({composer.name})")
+    if rendered.variables:
+        say("template " + bp.sha256[:12] + ": " + ", ".join(f"{n} sha256 {h[:12]}" for n, h in
+                                                             rendered.variables.items()))
     status = composer.wait(compose_id, deadline=cfg.composer.deadline, progress=progress(f"compose {compose_id[:8]}"))
     seconds = time.monotonic() - started
     base: dict[str, Any] = {"backend": composer.name, "id": compose_id, "type": image_type, "ref": request.ref,
@@ -182,10 +257,14 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     rec.save()
     output = "\n".join([f"commit {section['commit']}", f"ref {request.ref}",
                         f"parent {section['parent'] or '(none)'}", f"artifact {artifact} sha256 {sha}",
+                        f"blueprint {bp_section['path']} sha256 {bp.sha256}",
+                        *(f"variable {n} sha256 {h}" for n, h in rendered.variables.items()),
+                        *([f"checks {bp_section['checks_path']} sha256 {bp_section['checks_sha256']}"]
+                          if checks_template else []),
                         *(f"warning: {w}" for w in warnings)])
     report = write_junit(cfg.reports_dir, "compose", name, arch, [Case("compose", Outcome.PASSED, "", output, seconds)])
     say(f"compose {compose_id}: commit {section['commit']}" + (f" (parent {section['parent']})"
                                                               if section["parent"] else ""))
     say(f"artifact {section['artifact']}")
-    say(f"record {rec_path}; report {report}")
+    say(f"record {rec.path}; report {report}")
     return 0

@@ -185,6 +185,7 @@ def _head_sha(directory: Path) -> str:
 
 def _write_outputs(cfg: Config, r: LintResult) -> None:
     """reports/lint-<name>-<arch>.xml and the record's blueprint + lint sections, for every arch."""
+    from edgeci.checks import ChecksError, file_sha256
     from edgeci.errors import RecordError
     from edgeci.junit import write_junit
     from edgeci.record import FAILED, PASSED, BuildRecord, record_path
@@ -192,12 +193,20 @@ def _write_outputs(cfg: Config, r: LintResult) -> None:
 
     cases = _cases(r)
     git_sha = _head_sha(r.path.resolve().parent)
+    checks = r.path.with_name(f"{r.path.stem}.checks.yaml")
+    try:
+        checks_sha = file_sha256(checks) if checks.is_file() else ""
+    except ChecksError:
+        checks_sha = ""  # unreadable: the checks finding says so
     blueprint: dict[str, Any] = {
         "name": r.blueprint.name if r.blueprint and r.blueprint.name else r.name,
         "version": r.blueprint.version if r.blueprint else "",
         "path": _display(cfg, r.path),
         "git_sha": git_sha,
         "sha256": r.sha256,
+        # the checks file is part of what is built and tested: its hash binds the boot test to it
+        "checks_path": _display(cfg, checks) if checks_sha else "",
+        "checks_sha256": checks_sha,
     }
     lint = {"findings": [f.as_dict() for f in r.findings]}
     for arch in cfg.arches(r.name):

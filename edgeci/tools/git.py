@@ -138,3 +138,79 @@ def head_sha(path: PathLike) -> str:
     if top is None:
         return ""
     return rev_parse(top, "HEAD") or ""
+
+
+def committed_blob(repo: PathLike, rev: str, path: str) -> str | None:
+    """The blob id of `path` (relative to the repository root) in commit `rev`, or None when it is not there."""
+    r = cli(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}:{path}", check=False)
+    sha = r.stdout.strip()
+    return sha if r.ok and sha else None
+
+
+def hash_file(repo: PathLike, path: str) -> str:
+    """The blob id git would give the file's bytes as they are on disk (no filters, nothing written)."""
+    return cli(repo, "hash-object", "--no-filters", "--", path).stdout.strip()
+
+
+def uncommitted(repo: PathLike, paths: list[str], rev: str = "HEAD") -> list[tuple[str, str]]:
+    """(path, why) for each path whose bytes on disk are not exactly its content in `rev`: untracked, staged
+    or modified. Compared by blob id, so `git update-index --assume-unchanged` does not hide a change."""
+    out: list[tuple[str, str]] = []
+    for p in paths:
+        blob = committed_blob(repo, rev, p)
+        if blob is None:
+            out.append((p, "is not committed"))
+        elif hash_file(repo, p) != blob:
+            out.append((p, "has uncommitted changes"))
+    return out
+
+
+def is_ancestor(repo: PathLike, a: str, b: str) -> bool:
+    """Whether commit a is an ancestor of (or equal to) commit b."""
+    return cli(repo, "merge-base", "--is-ancestor", a, b, check=False).ok
+
+
+@dataclass(frozen=True)
+class CommitPeople:
+    """The people of one commit: its author, its committer and its Co-authored-by trailers."""
+
+    sha: str
+    author: tuple[str, str]  # (email, name)
+    committer: tuple[str, str]
+    co_authors: tuple[tuple[str, str], ...] = ()
+
+
+def _split_trailer(value: str) -> tuple[str, str]:
+    """'Name <email>' → (email, name); a bare value is both."""
+    value = value.strip()
+    if value.endswith(">") and "<" in value:
+        name, _, email = value[:-1].rpartition("<")
+        return email.strip(), name.strip()
+    return value, value
+
+
+def commits_touching(repo: PathLike, paths: list[str], *, since: str | None = None,
+                     rev: str = "HEAD") -> list[CommitPeople]:
+    """Every commit in `since..rev` (the whole history of rev when since is None) that touched any of `paths`,
+    newest first, with author, committer and Co-authored-by trailers."""
+    fmt = "%H%x00%ae%x00%an%x00%ce%x00%cn%x00%(trailers:key=Co-authored-by,valueonly,separator=%x01)%x1e"
+    spec = f"{since}..{rev}" if since else rev
+    out = cli(repo, "log", "--full-history", f"--format={fmt}", spec, "--", *paths).stdout
+    commits: list[CommitPeople] = []
+    for entry in out.split("\x1e"):
+        entry = entry.strip("\n")
+        if not entry:
+            continue
+        parts = entry.split("\0")
+        if len(parts) < 6:
+            continue
+        sha, ae, an, ce, cn, trailers = parts[:6]
+        co = tuple(_split_trailer(t) for t in trailers.replace("\n", "\x01").split("\x01") if t.strip())
+        commits.append(CommitPeople(sha, (ae, an), (ce, cn), co))
+    return commits
+
+
+def ls_files(repo: PathLike, path: str) -> bool:
+    """Whether `path` is tracked in the index."""
+    r = cli(repo, "ls-files", "--error-unmatch", "--", path, check=False)
+    return r.ok

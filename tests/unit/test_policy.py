@@ -31,7 +31,7 @@ def sections(checksum: str = C, *, boot: str = "passed", parent: str | None = PR
         "compose": {"commit": checksum, "parent": parent, "ref": "rhel/9/x86_64/edge", "status": "passed"},
         "push": {"digest": "sha256:" + "d" * 64, "status": "passed"},
         "stage": {"url": "http://127.0.0.1:1/repo", "commit": staged or checksum, "status": "passed"},
-        "boot_test": {"backend": "sysroot", "scenarios": scen,
+        "boot_test": {"backend": "qemu", "scenarios": scen,
                       "status": "passed" if boot == "passed" else "failed"},
     }
 
