@@ -110,22 +110,37 @@ def _source(cfg: Config, rec: BuildRecord, choice: str) -> tuple[str, dict[str, 
 
 
 def serve(args: argparse.Namespace, cfg: Config) -> int:
-    from edgeci.errors import EdgeCIError, StageMismatch
-    from edgeci.image import check_repo_commit, populate_from_tar
-    from edgeci.junit import write_junit
-    from edgeci.reposerver import RepoServer, stop_server
-    from edgeci.stagehost import fetch_ref
+    from edgeci.reposerver import serve_lock
     from edgeci.target import load_record, target
     from edgeci.ui import say
 
     name, arch = target(cfg, args)
     rec = load_record(cfg, name, arch)
     rec.require("blueprint", "compose")
+    sdir = stage_dir(cfg, name, arch)
+
+    def waiting(holder: str) -> None:
+        say(f"stage {name}/{arch}: another 'edgeci stage serve' of {sdir} is running ({holder}); waiting for it, "
+            "then this one replaces its server")
+
+    # One serve per stage directory at a time: three at once would start three servers and track one.
+    with serve_lock(sdir, on_wait=waiting):
+        return _serve_locked(args, cfg, name, arch, load_record(cfg, name, arch), sdir)
+
+
+def _serve_locked(args: argparse.Namespace, cfg: Config, name: str, arch: str, rec: BuildRecord, sdir: Path) -> int:
+    from edgeci.errors import EdgeCIError, StageMismatch
+    from edgeci.image import check_repo_commit, populate_from_tar
+    from edgeci.junit import write_junit
+    from edgeci.reposerver import RepoServer, stop_server
+    from edgeci.stagehost import fetch_ref
+    from edgeci.ui import say
+
+    rec.require("blueprint", "compose")
     compose = rec.section("compose")
     commit = rec.checksum
     ref = rec.ref(cfg.ref(name, arch))
     kind, details = _source(cfg, rec, args.source)
-    sdir = stage_dir(cfg, name, arch)
     steps = Steps()
     server: RepoServer | None = None
     try:
