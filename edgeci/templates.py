@@ -77,11 +77,12 @@ def has_placeholders(text: str) -> bool:
 
 
 def render_string(text: str, values: Mapping[str, str]) -> str:
-    """`text` with each ${NAME} replaced by values[NAME] and each $${NAME} by ${NAME}."""
+    """`text` with each ${NAME} replaced by values[NAME] (left as it is without a value) and each $${NAME}
+    by ${NAME}."""
     def sub(m: re.Match[str]) -> str:
         if m.group(1):
             return "${" + m.group(2) + "}"
-        return values[m.group(2)]
+        return values.get(m.group(2), m.group(0))
     return PLACEHOLDER_RE.sub(sub, text)
 
 
@@ -235,7 +236,8 @@ def _first_difference(a: Any, b: Any, path: KeyPath = ()) -> KeyPath | None:
     return None if a == b and type(a) is type(b) else path
 
 
-def render_text(text: str, data: Mapping[str, Any], values: Mapping[str, str], *, source: str) -> str:
+def render_text(text: str, data: Mapping[str, Any], values: Mapping[str, str], *, source: str,
+                locate: bool = True) -> str:
     """The TOML text with every placeholder replaced by its escaped value; TemplateError when the result does
     not parse to exactly the template's data with its strings rendered (a placeholder in a '…' string)."""
     import tomllib
@@ -255,7 +257,7 @@ def render_text(text: str, data: Mapping[str, Any], values: Mapping[str, str], *
         got = None
     diff = _first_difference(expected, got) if got is not None else ()
     if got is None or diff is not None:
-        path = diff or ()
+        path = diff or (_culprit(text, data, values) if locate else None) or ()
         line = 1
         lines = key_lines(text)
         for n in range(len(path), 0, -1):
@@ -268,6 +270,16 @@ def render_text(text: str, data: Mapping[str, Any], values: Mapping[str, str], *
         err.path = path  # type: ignore[attr-defined]
         raise err
     return rendered
+
+
+def _culprit(text: str, data: Mapping[str, Any], values: Mapping[str, str]) -> KeyPath | None:
+    """The first use of the first variable whose value alone cannot be rendered into the text."""
+    for name in values:
+        try:
+            render_text(text, data, {name: values[name]}, source="", locate=False)
+        except TemplateError:
+            return next((u.path for u in uses(data) if u.name == name), None)
+    return None
 
 
 def values_from_env(names: Sequence[str], env: Mapping[str, str], *, blueprint: str, where: str) -> dict[str, str]:
