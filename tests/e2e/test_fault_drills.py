@@ -335,19 +335,19 @@ def test_canary_credentials_appear_in_no_output_report_record_or_log(
         drill_project: DrillProject, drill_release: DrillRelease, registry: Registry, registry_proxy: FaultProxy,
         weldr_artifacts: EdgeArtifacts, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    from tests.fixtures import gate_servers
     from tests.fixtures.cloud_server import CloudBehaviour, running_cloud_server
-    from tests.fixtures.gate_servers import gl_approval, gl_user
+    from tests.fixtures.gitlab_server import gl_approval, gl_user
+    from tests.fixtures.jenkins_server import JENKINS_USER
 
     gitlab_token = f"glpat-CANARY-gitlab-{secrets.token_hex(8)}"
     jenkins_token = f"CANARY-jenkins-{secrets.token_hex(8)}"
     composer_token = f"CANARY-composer-offline-{secrets.token_hex(8)}"
     # the fake servers accept only these tokens: a gate that passes proves the canary was sent
-    monkeypatch.setattr(gate_servers, "GITLAB_TOKEN", gitlab_token)
-    monkeypatch.setattr(gate_servers, "JENKINS_TOKEN", jenkins_token)
     gl = request.getfixturevalue("gate_gitlab_server")
-    jk = request.getfixturevalue("gate_jenkins_server")
-    jenkins_user = gate_servers.JENKINS_USER
+    gl.token = gitlab_token
+    jk = request.getfixturevalue("jenkins_server")
+    jenkins_user = JENKINS_USER
+    jk.tokens[jenkins_user] = jenkins_token
     canaries = {
         "registry password": registry.password,
         "registry basic auth": base64.b64encode(f"{registry.user}:{registry.password}".encode()).decode(),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from edgeci.record import BuildRecord
-from tests.fixtures.gate_servers import GITLAB_TOKEN, FakeGitLab, gl_approval, gl_user
+from tests.fixtures.gitlab_server import GITLAB_TOKEN, FakeGitLab, gl_approval, gl_user
 from tests.fixtures.promote import PROMOTE_BP, PromoteLab
 
 DEV = gl_user(3, "dev", "Dev Eloper")
@@ -106,7 +106,7 @@ def test_merge_request_approvals_bound_by_the_approvers_note(
                               "state": "opened", "author": DEV, "sha": "e" * 40}
     srv.mr_approvers[12] = [CAROL, BOB]
     note = {"noteable_type": "MergeRequest", "system": False, "created_at": "2026-11-23T10:00:00.000Z"}
-    srv.mr_notes[12] = [
+    srv.notes[12] = [
         {**note, "id": 1, "body": "approved this merge request", "author": CAROL, "system": True},
         {**note, "id": 2, "body": "nice", "author": BOB},
         {**note, "id": 3, "body": "ship it", "author": DEV},
@@ -117,7 +117,7 @@ def test_merge_request_approvals_bound_by_the_approvers_note(
     out = capsys.readouterr().out
     assert "bob's approval (gitlab merge request !12) names no commit checksum" in out
     assert "1 of 2 required approvals" in out
-    srv.mr_notes[12].append({**note, "id": 5, "body": f"edgeci-approve {c}", "author": BOB})
+    srv.notes[12].append({**note, "id": 5, "body": f"edgeci-approve {c}", "author": BOB})
     assert gate(lab, "--merge-request", "12", env={"CI_JOB_ID": ""}) == 0
     approvers = {a["user"] for a in BuildRecord.load(lab.record_path).section("gate")["approvals"]}
     assert approvers == {"carol", "bob"}
@@ -132,7 +132,7 @@ def test_merge_request_author_cannot_approve(
     srv.merge_requests[13] = {"id": 1013, "iid": 13, "project_id": srv.project_id, "title": "edge",
                               "state": "opened", "author": MALLORY, "sha": "e" * 40}
     srv.mr_approvers[13] = [MALLORY]
-    srv.mr_notes[13] = [{"id": 1, "body": f"edgeci-approve {c}", "author": MALLORY, "system": False,
+    srv.notes[13] = [{"id": 1, "body": f"edgeci-approve {c}", "author": MALLORY, "system": False,
                          "created_at": "2026-11-23T10:00:00.000Z"}]
     capsys.readouterr()
     assert gate(lab, "--merge-request", "13", env={"CI_JOB_ID": ""}) == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edgeci.record import BuildRecord
-from tests.fixtures.gate_servers import JENKINS_TOKEN, JENKINS_USER, FakeJenkins
+from tests.fixtures.jenkins_server import JENKINS_TOKEN, JENKINS_USER, FakeJenkins, PendingInput
 from tests.fixtures.promote import PROMOTE_BP, PromoteLab
 
 JOB = "fleet/edge-promote"
@@ -24,8 +24,8 @@ def gate(lab: PromoteLab, *args: str, env: dict[str, str] | None = None) -> int:
 
 
 def test_input_submitter_with_the_shown_checksum_approves_and_promotes(
-        promote_lab: PromoteLab, gate_jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
-    lab, srv = promote_lab, gate_jenkins_server
+        promote_lab: PromoteLab, jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
+    lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv)
     c = lab.candidate("1.0.0", approve=False)
     srv.add_build(JOB, BUILD - 1, triggered_by=("dev", "Dev Eloper"))
@@ -46,8 +46,8 @@ def test_input_submitter_with_the_shown_checksum_approves_and_promotes(
 
 
 def test_the_user_who_started_the_build_cannot_approve(
-        promote_lab: PromoteLab, gate_jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
-    lab, srv = promote_lab, gate_jenkins_server
+        promote_lab: PromoteLab, jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
+    lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv)
     c = lab.candidate("1.0.0", approve=False)
     srv.add_build(JOB, BUILD, triggered_by=("erin", "Erin Operator"))
@@ -57,8 +57,8 @@ def test_the_user_who_started_the_build_cannot_approve(
 
 
 def test_an_author_of_the_builds_changes_cannot_approve(
-        promote_lab: PromoteLab, gate_jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
-    lab, srv = promote_lab, gate_jenkins_server
+        promote_lab: PromoteLab, jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
+    lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv)
     c = lab.candidate("1.0.0", approve=False)
     srv.add_build(JOB, BUILD, triggered_by=None, authors=[("Frank Writer", "frank@example.com")])
@@ -68,8 +68,8 @@ def test_an_author_of_the_builds_changes_cannot_approve(
 
 
 def test_build_parameter_binds_the_input_and_another_checksum_is_denied(
-        promote_lab: PromoteLab, gate_jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
-    lab, srv = promote_lab, gate_jenkins_server
+        promote_lab: PromoteLab, jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
+    lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv)
     c = lab.candidate("1.0.0", approve=False)
     srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"), parameters={"EDGECI_CHECKSUM": c})
@@ -84,17 +84,12 @@ def test_build_parameter_binds_the_input_and_another_checksum_is_denied(
 
 
 def test_pending_input_without_an_approver_is_pending(
-        promote_lab: PromoteLab, gate_jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
-    lab, srv = promote_lab, gate_jenkins_server
+        promote_lab: PromoteLab, jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
+    lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv)
     c = lab.candidate("1.0.0", approve=False)
-    srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"))
-    srv.pending[(JOB, BUILD)] = [{
-        "id": "Promote", "proceedText": "Promote", "abortText": "Abort",
-        "message": f"Promote edge 1.0.0? edgeci-approve {c}", "inputs": [],
-        "proceedUrl": f"/job/fleet/job/edge-promote/{BUILD}/wfapi/inputSubmit?inputId=Promote",
-        "abortUrl": f"/job/fleet/job/edge-promote/{BUILD}/input/Promote/abort",
-        "redirectApprovalUrl": f"/job/fleet/job/edge-promote/{BUILD}/input/"}]
+    srv.add_build(JOB, BUILD, PendingInput("Promote", f"Promote edge 1.0.0? edgeci-approve {c}", ok="Promote"),
+                  triggered_by=("dev", "Dev Eloper"))
     capsys.readouterr()
     assert gate(lab) == 1
     out = capsys.readouterr().out
@@ -103,8 +98,8 @@ def test_pending_input_without_an_approver_is_pending(
 
 
 def test_groups_cannot_be_resolved_in_jenkins_so_allowed_users_decide(
-        promote_lab: PromoteLab, gate_jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
-    lab, srv = promote_lab, gate_jenkins_server
+        promote_lab: PromoteLab, jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
+    lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv, allowed_groups=["release"])
     c = lab.candidate("1.0.0", approve=False)
     srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"))
@@ -119,8 +114,8 @@ def test_groups_cannot_be_resolved_in_jenkins_so_allowed_users_decide(
 
 
 def test_wrong_token_is_an_error(
-        promote_lab: PromoteLab, gate_jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
-    lab, srv = promote_lab, gate_jenkins_server
+        promote_lab: PromoteLab, jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
+    lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv)
     c = lab.candidate("1.0.0", approve=False)
     srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"))
