@@ -396,7 +396,7 @@ class LocalComposer:
         result = {"artifact": name, "commit": commit, "ref": request.ref, "parent": parent, "packages": packages,
                   "warnings": warnings, "sha256": sha256_file(d / name),
                   "seconds": round(time.monotonic() - started, 2)}
-        atomic_write_text(d / "result.json", json.dumps(result, indent=2, sort_keys=True))
+        atomic_write_text(d / "result.json", mask(json.dumps(result, indent=2, sort_keys=True)))
         self._log(d, f"artifact {name} ({(d / name).stat().st_size} bytes) in {result['seconds']} s")
         self._status_write(d, state=ComposeState.FINISHED.value, finished=_now(), detail="")
 
