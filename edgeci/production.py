@@ -165,17 +165,43 @@ class ProductionState:
     releases: list[dict[str, Any]]  # of this ref, oldest first
 
 
+def release_version(releases: list[dict[str, Any]], commit: str | None) -> str | None:
+    """The release version edgeci published `commit` as, from the releases log (None: not an edgeci release).
+
+    Never the commit's `version` metadata: Image Builder stamps it with the OS release (9.4), not the
+    blueprint's version, so it says nothing about release order."""
+    if not commit:
+        return None
+    return next((str(r["version"]) for r in reversed(releases)
+                 if r.get("checksum") == commit and r.get("version")), None)
+
+
+def signed_production(repo: Path, ref: str | None = None) -> str:
+    """Why production counts as signed ('' when it does not): a summary signature, a signed commit on `ref`
+    (detached metadata holds the signatures), or a release the log records as signed. Read from files only,
+    so the answer needs neither ostree nor gpg."""
+    if (repo / "summary.sig").is_file():
+        return f"{repo / 'summary.sig'} exists"
+    releases = ReleasesLog(repo).load() if (repo / RELEASES_NAME).is_file() else []
+    if ref:
+        head = repo / "refs" / "heads" / ref
+        commit = head.read_text().strip() if head.is_file() else ""
+        if ostree.is_checksum(commit) and (repo / "objects" / commit[:2] / f"{commit[2:]}.commitmeta").is_file():
+            return f"production's commit {commit[:12]} on {ref} is signed"
+    signed = [r for r in releases if r.get("signed")]
+    if signed:
+        return f"the releases log records release {signed[-1].get('version')} as signed"
+    return ""
+
+
 def read_production(settings: ProdSettings, ref: str) -> ProductionState:
-    """Production's commit and version on `ref`: from the repo on disk (commit metadata first, the
-    releases log second), else over HTTP from prod.url (ref file and releases log)."""
+    """Production's commit and version on `ref`: from the repo on disk (the ref, and the version from the
+    releases log), else over HTTP from prod.url (ref file and releases log)."""
     repo = settings.repo
     if (repo / "config").is_file():
         commit = ostree.rev_parse(repo, ref)
         releases = ReleasesLog(repo).for_ref(ref)
-        version = ostree.metadata(repo, commit, "version") if commit else None
-        if commit and not version:
-            version = next((r.get("version") for r in reversed(releases) if r.get("checksum") == commit), None)
-        return ProductionState(Production(ref, commit, version), releases)
+        return ProductionState(Production(ref, commit, release_version(releases, commit)), releases)
     if settings.url:
         releases = [r for r in releases_from_url(settings.url) if r.get("ref") == ref]
         commit = None
@@ -188,8 +214,7 @@ def read_production(settings: ProdSettings, ref: str) -> ProductionState:
                                      where=settings.url) from None
         except (urllib.error.URLError, OSError) as e:
             raise PromotionError(f"cannot read production's ref {ref}: {e}", where=settings.url) from None
-        version = next((r.get("version") for r in reversed(releases) if r.get("checksum") == commit), None)
-        return ProductionState(Production(ref, commit, version), releases)
+        return ProductionState(Production(ref, commit, release_version(releases, commit)), releases)
     return ProductionState(Production(ref, None, None), [])
 
 

@@ -9,7 +9,8 @@ A kill at any moment leaves the ref at the old or the new commit; running again 
 from __future__ import annotations
 
 import base64
-import dataclasses
+import errno
+import os
 import shutil
 import time
 import urllib.error
@@ -22,7 +23,16 @@ from typing import Any
 
 from edgeci import policy
 from edgeci.errors import PromotionError, PromotionRefused, ToolError
-from edgeci.production import RELEASES_NAME, ProdSettings, Production, ReleasesLog, read_production, repo_lock
+from edgeci.production import (
+    RELEASES_NAME,
+    ProdSettings,
+    Production,
+    ReleasesLog,
+    read_production,
+    release_version,
+    repo_lock,
+    signed_production,
+)
 from edgeci.record import now_iso
 from edgeci.tools import ostree
 from edgeci.version import next_version
@@ -184,6 +194,8 @@ def _pull(repo: Path, req: PromoteRequest) -> str:
         r = ostree.pull(repo, STAGE_REMOTE, [req.checksum], mirror=True, depth=1)
     except ToolError as e:
         text = e.stderr or e.message
+        if no_space(e):
+            raise  # production's disk, not the stage: promote() says so
         if "Corrupted" in text or "checksum expected" in text:
             raise PromotionRefused(
                 f"the stage's copy of {policy.short(req.checksum)} no longer matches its checksum "
@@ -369,6 +381,61 @@ def _entry(req: PromoteRequest | None, ref: str, checksum: str, version: str | N
     return entry
 
 
+def preflight(settings: ProdSettings, ref: str) -> None:
+    """Before anything is created or locked: the programs promotion needs, and a signed production stays signed
+    (a promotion without a key would publish an unsigned commit and `summary -u` would drop summary.sig)."""
+    from edgeci.tools.run import which
+
+    which("ostree")
+    if settings.gpg_key:
+        which("gpg")
+    if not settings.gpg_key and (settings.repo / "config").is_file():
+        why = signed_production(settings.repo, ref)
+        if why:
+            raise PromotionError(f"production is signed ({why}) but no signing key is configured (prod.gpg_key is "
+                                 "empty): it would get an unsigned commit and lose its summary signature",
+                                 where=str(settings.repo),
+                                 fix="configure prod.gpg_key (and prod.gpg_homedir) in edgeci.yaml; production is "
+                                     "unchanged")
+
+
+def no_space(e: BaseException) -> bool:
+    """The disk is full (ENOSPC), from an ostree/gpg run or from edgeci's own writes."""
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    if isinstance(e, ToolError):
+        return "No space left on device" in f"{e.stderr}\n{e.message}"
+    return False
+
+
+def disk_of(path: Path) -> str:
+    """'the filesystem of PATH (mounted on M, N free)', for disk-full messages."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    mount = p
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        st = os.statvfs(p)
+        free = f", {st.f_bavail * st.f_frsize // 1024} KiB free"
+    except OSError:
+        free = ""
+    return f"the filesystem of {path} (mounted on {mount}{free})"
+
+
+def _disk_full(steps: _Steps, repo: Path, ref: str, target: str, rerun: str) -> PromotionError:
+    step = steps._name or "start"
+    disk = disk_of(repo)
+    if any(s.name == "ref" for s in steps.done):
+        return PromotionError(f"disk full during '{step}': {ref} already points at {policy.short(target)} but the "
+                              "summary and releases log are stale (clients may still see the previous release)",
+                              where=disk, fix=f"free space there, then {rerun}: it finishes the remaining steps")
+    return PromotionError(f"disk full during '{step}' (No space left on device); production is unchanged, its ref "
+                          "still points at the previous release", where=disk,
+                          fix=f"free space there (df -h {repo}), then {rerun}")
+
+
 def plan(settings: ProdSettings, req: PromoteRequest) -> list[str]:
     """What `promote` would do, step by step (read-only: no lock, nothing written)."""
     state = read_production(settings, req.ref)
@@ -424,87 +491,96 @@ def promote(settings: ProdSettings, req: PromoteRequest, *, on_step: StepCallbac
     """Promote exactly req.checksum (see the module docstring). Same checksum again: a no-op."""
     if not policy.CHECKSUM_RE.match(req.checksum):
         raise PromotionError(f"'{req.checksum}' is not a commit checksum", fix="run 'edgeci compose' first")
+    preflight(settings, req.ref)
     steps = _Steps(on_step)
     repo = settings.repo
     with repo_lock(repo, settings.lock_timeout):
-        ostree.init(repo, "archive")
-        for stale in repo.parent.glob(f"{SCRATCH_PREFIX}*"):  # left by a killed run; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        log = ReleasesLog(repo)
-        releases = log.for_ref(req.ref)
-        current = ostree.rev_parse(repo, req.ref)
-        last = releases[-1] if releases else None
+        try:
+            return _promote_locked(settings, req, steps, now, fetch_image)
+        except (OSError, ToolError) as e:
+            if no_space(e):
+                raise _disk_full(steps, repo, req.ref, req.checksum, "run 'edgeci promote' again") from None
+            raise
 
-        steps.begin("gate")
-        approvers = check_gate(req)
-        if current == req.checksum and last and last.get("checksum") == req.checksum:
-            steps.end(f"{req.ref} already points at {req.checksum}: nothing to do")
-            # a run killed after the log but before pruning left that undone: finish it (idempotent)
-            steps.begin("prune")
-            steps.end(_prune(settings)[1])
-            return PromoteResult(str(repo), req.ref, req.checksum, last.get("previous"), last.get("version"),
-                                 deltas=[f"{f}-{req.checksum}" for f in last.get("deltas_from", [])],
-                                 signed=bool(last.get("signed")), time=str(last.get("time", "")), noop=True,
-                                 steps=steps.done)
-        resume = current == req.checksum  # a killed run already moved the ref: finish steps 7-9
-        if resume:
-            previous = str(last["checksum"]) if last else None
-            version = ostree.metadata(repo, req.checksum, "version") or req.version
-            steps.end(f"approved by {approvers}; {req.ref} already points at it: finishing summary, log, prune")
-            signed = bool(settings.gpg_key) and bool(ostree.signature_key_ids(repo, req.checksum,
-                                                                             settings.gpg_homedir or None))
-            deltas = [f"{p}-{req.checksum}" for p in _delta_sources(settings, req.checksum, previous, releases)
-                      if (delta_dir(repo, p, req.checksum) / "superblock").is_file()]
-        else:
-            previous = current
-            prod_version = ostree.metadata(repo, current, "version") if current else None
-            if current and not prod_version and last:
-                prod_version = last.get("version")
-            production = Production(req.ref, current, prod_version)
-            _recheck(req, production, now())
-            steps.end(f"approved by {approvers}; {req.version} over production "
-                      f"{prod_version or '(none)'} at {policy.short(current)}")
 
-            steps.begin("pull")
-            detail = _pull_image(repo, req, fetch_image) if settings.source == "image" else _pull(repo, req)
-            steps.end(detail)
+def _promote_locked(settings: ProdSettings, req: PromoteRequest, steps: _Steps, now: Callable[[], datetime],
+                    fetch_image: ImageFetcher | None) -> PromoteResult:
+    """promote() under the production lock."""
+    repo = settings.repo
+    ostree.init(repo, "archive")
+    for stale in repo.parent.glob(f"{SCRATCH_PREFIX}*"):  # left by a killed run; we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
+    log = ReleasesLog(repo)
+    releases = log.for_ref(req.ref)
+    current = ostree.rev_parse(repo, req.ref)
+    last = releases[-1] if releases else None
 
-            steps.begin("verify")
-            detail = _verify(settings, req.checksum, previous)
-            version = ostree.metadata(repo, req.checksum, "version") or req.version
-            if version != req.version:
-                _recheck(dataclasses.replace(req, version=version), production, now())
-            steps.end(detail)
-
-            steps.begin("sign")
-            signed, detail = _sign(settings, req.checksum)
-            steps.end(detail)
-
-            steps.begin("deltas")
-            sources = _delta_sources(settings, req.checksum, previous, releases)
-            deltas = _deltas(settings, req.checksum, sources)
-            steps.end(f"{len(deltas)} static delta(s) to {policy.short(req.checksum)} from "
-                      + (", ".join(policy.short(s) for s in sources) or "nothing (first release)"))
-
-            steps.begin("ref")
-            ostree.set_ref(repo, req.ref, req.checksum)
-            steps.end(f"{req.ref}: {policy.short(previous)} -> {policy.short(req.checksum)}")
-
-        steps.begin("summary")
-        steps.end(_summary(settings))
-
-        steps.begin("log")
-        entry = _entry(req, req.ref, req.checksum, version, previous,
-                       [str(a.get("user")) for a in (req.gate.get("approvals") or [])], signed, deltas)
-        log.append(entry)
-        steps.end(f"release {version} appended to {log.path.name}")
-
+    steps.begin("gate")
+    approvers = check_gate(req)
+    if current == req.checksum and last and last.get("checksum") == req.checksum:
+        steps.end(f"{req.ref} already points at {req.checksum}: nothing to do")
+        # a run killed after the log but before pruning left that undone: finish it (idempotent)
         steps.begin("prune")
-        gone, detail = _prune(settings)
+        steps.end(_prune(settings)[1])
+        return PromoteResult(str(repo), req.ref, req.checksum, last.get("previous"), last.get("version"),
+                             deltas=[f"{f}-{req.checksum}" for f in last.get("deltas_from", [])],
+                             signed=bool(last.get("signed")), time=str(last.get("time", "")), noop=True,
+                             steps=steps.done)
+    resume = current == req.checksum  # a killed run already moved the ref: finish steps 7-9
+    if resume:
+        previous = str(last["checksum"]) if last else None
+        version = req.version  # the blueprint's version; the commit's version metadata is the OS release
+        steps.end(f"approved by {approvers}; {req.ref} already points at it: finishing summary, log, prune")
+        signed = bool(settings.gpg_key) and bool(ostree.signature_key_ids(repo, req.checksum,
+                                                                         settings.gpg_homedir or None))
+        deltas = [f"{p}-{req.checksum}" for p in _delta_sources(settings, req.checksum, previous, releases)
+                  if (delta_dir(repo, p, req.checksum) / "superblock").is_file()]
+    else:
+        previous = current
+        prod_version = release_version(releases, current)  # from the releases log, never commit metadata
+        production = Production(req.ref, current, prod_version)
+        _recheck(req, production, now())
+        steps.end(f"approved by {approvers}; {req.version} over production "
+                  f"{prod_version or '(none)'} at {policy.short(current)}")
+
+        steps.begin("pull")
+        detail = _pull_image(repo, req, fetch_image) if settings.source == "image" else _pull(repo, req)
         steps.end(detail)
 
-        return PromoteResult(str(repo), req.ref, req.checksum, previous, version, deltas=deltas, signed=signed,
-                             time=str(entry["time"]), steps=steps.done, pruned=gone)
+        steps.begin("verify")
+        detail = _verify(settings, req.checksum, previous)
+        version = req.version
+        steps.end(detail)
+
+        steps.begin("sign")
+        signed, detail = _sign(settings, req.checksum)
+        steps.end(detail)
+
+        steps.begin("deltas")
+        sources = _delta_sources(settings, req.checksum, previous, releases)
+        deltas = _deltas(settings, req.checksum, sources)
+        steps.end(f"{len(deltas)} static delta(s) to {policy.short(req.checksum)} from "
+                  + (", ".join(policy.short(s) for s in sources) or "nothing (first release)"))
+
+        steps.begin("ref")
+        ostree.set_ref(repo, req.ref, req.checksum)
+        steps.end(f"{req.ref}: {policy.short(previous)} -> {policy.short(req.checksum)}")
+
+    steps.begin("summary")
+    steps.end(_summary(settings))
+
+    steps.begin("log")
+    entry = _entry(req, req.ref, req.checksum, version, previous,
+                   [str(a.get("user")) for a in (req.gate.get("approvals") or [])], signed, deltas)
+    log.append(entry)
+    steps.end(f"release {version} appended to {log.path.name}")
+
+    steps.begin("prune")
+    gone, detail = _prune(settings)
+    steps.end(detail)
+
+    return PromoteResult(str(repo), req.ref, req.checksum, previous, version, deltas=deltas, signed=signed,
+                         time=str(entry["time"]), steps=steps.done, pruned=gone)
 
 
 def rollback(settings: ProdSettings, ref: str, *, to_version: str | None = None, by: str = "",
@@ -515,76 +591,92 @@ def rollback(settings: ProdSettings, ref: str, *, to_version: str | None = None,
     if not (repo / "config").is_file():
         raise PromotionError("there is no production repository yet", where=str(repo),
                              fix="promote a release first (edgeci promote)")
+    preflight(settings, ref)
     steps = _Steps(on_step)
     with repo_lock(repo, settings.lock_timeout):
-        log = ReleasesLog(repo)
-        releases = log.for_ref(ref)
-        current = ostree.rev_parse(repo, ref)
-        if current is None or not releases:
-            raise PromotionError(f"production has no release on {ref} to roll back", where=str(repo),
-                                 fix="check the blueprint name and --arch (edgeci history)")
-        cur_version = ostree.metadata(repo, current, "version") or releases[-1].get("version")
-        if to_version:
-            matches = [r for r in releases if r.get("version") == to_version]
-            if not matches:
-                known = ", ".join(str(r.get("version")) for r in releases)
-                raise PromotionError(f"no release {to_version} on {ref}", where=str(log.path),
-                                     fix=f"pick one of: {known}")
-            target = matches[-1]
-        else:
-            earlier = [r for r in releases if r.get("checksum") != current]
-            if not earlier:
-                raise PromotionError(f"{ref} has only one release: nothing to roll back to", where=str(log.path))
-            target = earlier[-1]
-        tgt = str(target["checksum"])
-        tgt_version = str(target.get("version"))
-        if not ostree.has_commit(repo, tgt):
-            kept = ", ".join(str(r.get("version")) for r in releases if ostree.has_commit(repo, str(r["checksum"])))
-            raise PromotionError(f"release {tgt_version} ({policy.short(tgt)}) was pruned (prod.retention "
-                                 f"{settings.retention})", where=str(repo), fix=f"roll back to one of: {kept}")
-        if not cur_version:
-            raise PromotionError(f"production's commit {policy.short(current)} has no version", where=str(repo))
-        new_version = next_version(cur_version)
+        try:
+            return _rollback_locked(settings, ref, steps, to_version=to_version, by=by, blueprint=blueprint,
+                                    arch=arch)
+        except (OSError, ToolError) as e:
+            if no_space(e):
+                raise _disk_full(steps, repo, ref, steps.done[0].detail.split()[0] if steps.done else "",
+                                 f"run 'ostree --repo={repo} summary -u' (with --gpg-sign=KEY when production is "
+                                 "signed; not 'edgeci rollback' again, which would roll back once more)") from None
+            raise
 
-        steps.begin("commit")
-        # An orphan commit carries no ref binding, and clients refuse a commit not bound to the ref they pull.
-        extra = [f"--bind-ref={ref}"]
-        if ostree.metadata(repo, tgt, "ostree.bootable"):
-            extra.append("--bootable")
-        new = ostree.commit(
-            repo, "", orphan=True, tree_ref=tgt, parent=current, owner_root=False,
-            subject=f"Rollback to {tgt_version}",
-            body=f"Tree of release {tgt_version} ({tgt}), published as a new commit on top of {current}.",
-            metadata={"version": new_version, "edgeci.rollback-of": tgt_version,
-                      "edgeci.rollback-of-commit": tgt},
-            extra=extra,
-        )
-        steps.end(f"{policy.short(new)} = tree of {tgt_version}, version {new_version}, parent {policy.short(current)}")
 
-        steps.begin("sign")
-        signed, detail = _sign(settings, new)
-        steps.end(detail)
+def _rollback_locked(settings: ProdSettings, ref: str, steps: _Steps, *, to_version: str | None, by: str,
+                     blueprint: str, arch: str) -> PromoteResult:
+    """rollback() under the production lock."""
+    repo = settings.repo
+    log = ReleasesLog(repo)
+    releases = log.for_ref(ref)
+    current = ostree.rev_parse(repo, ref)
+    if current is None or not releases:
+        raise PromotionError(f"production has no release on {ref} to roll back", where=str(repo),
+                             fix="check the blueprint name and --arch (edgeci history)")
+    cur_version = release_version(releases, current) or releases[-1].get("version")
+    if to_version:
+        matches = [r for r in releases if r.get("version") == to_version]
+        if not matches:
+            known = ", ".join(str(r.get("version")) for r in releases)
+            raise PromotionError(f"no release {to_version} on {ref}", where=str(log.path),
+                                 fix=f"pick one of: {known}")
+        target = matches[-1]
+    else:
+        earlier = [r for r in releases if r.get("checksum") != current]
+        if not earlier:
+            raise PromotionError(f"{ref} has only one release: nothing to roll back to", where=str(log.path))
+        target = earlier[-1]
+    tgt = str(target["checksum"])
+    tgt_version = str(target.get("version"))
+    if not ostree.has_commit(repo, tgt):
+        kept = ", ".join(str(r.get("version")) for r in releases if ostree.has_commit(repo, str(r["checksum"])))
+        raise PromotionError(f"release {tgt_version} ({policy.short(tgt)}) was pruned (prod.retention "
+                             f"{settings.retention})", where=str(repo), fix=f"roll back to one of: {kept}")
+    if not cur_version:
+        raise PromotionError(f"production's commit {policy.short(current)} has no version", where=str(repo))
+    new_version = next_version(cur_version)
 
-        steps.begin("deltas")
-        sources = _delta_sources(settings, new, current, releases)
-        deltas = _deltas(settings, new, sources)
-        steps.end(f"{len(deltas)} static delta(s) from " + ", ".join(policy.short(s) for s in sources))
+    steps.begin("commit")
+    # An orphan commit carries no ref binding, and clients refuse a commit not bound to the ref they pull.
+    extra = [f"--bind-ref={ref}"]
+    if ostree.metadata(repo, tgt, "ostree.bootable"):
+        extra.append("--bootable")
+    new = ostree.commit(
+        repo, "", orphan=True, tree_ref=tgt, parent=current, owner_root=False,
+        subject=f"Rollback to {tgt_version}",
+        body=f"Tree of release {tgt_version} ({tgt}), published as a new commit on top of {current}.",
+        metadata={"version": new_version, "edgeci.rollback-of": tgt_version,
+                  "edgeci.rollback-of-commit": tgt},
+        extra=extra,
+    )
+    steps.end(f"{policy.short(new)} = tree of {tgt_version}, version {new_version}, parent {policy.short(current)}")
 
-        steps.begin("ref")
-        ostree.set_ref(repo, ref, new)
-        steps.end(f"{ref}: {policy.short(current)} -> {policy.short(new)}")
+    steps.begin("sign")
+    signed, detail = _sign(settings, new)
+    steps.end(detail)
 
-        steps.begin("summary")
-        steps.end(_summary(settings))
+    steps.begin("deltas")
+    sources = _delta_sources(settings, new, current, releases)
+    deltas = _deltas(settings, new, sources)
+    steps.end(f"{len(deltas)} static delta(s) from " + ", ".join(policy.short(s) for s in sources))
 
-        steps.begin("log")
-        entry = _entry(None, ref, new, new_version, current, [], signed, deltas, blueprint=blueprint, arch=arch,
-                       rollback_of=tgt_version, rollback_of_commit=tgt, by=by)
-        log.append(entry)
-        steps.end(f"rollback {new_version} (= {tgt_version}) appended to {log.path.name}")
+    steps.begin("ref")
+    ostree.set_ref(repo, ref, new)
+    steps.end(f"{ref}: {policy.short(current)} -> {policy.short(new)}")
 
-        steps.begin("prune")
-        gone, detail = _prune(settings)
-        steps.end(detail)
-        return PromoteResult(str(repo), ref, new, current, new_version, deltas=deltas, signed=signed,
-                             time=str(entry["time"]), steps=steps.done, pruned=gone, rollback_of=tgt_version)
+    steps.begin("summary")
+    steps.end(_summary(settings))
+
+    steps.begin("log")
+    entry = _entry(None, ref, new, new_version, current, [], signed, deltas, blueprint=blueprint, arch=arch,
+                   rollback_of=tgt_version, rollback_of_commit=tgt, by=by)
+    log.append(entry)
+    steps.end(f"rollback {new_version} (= {tgt_version}) appended to {log.path.name}")
+
+    steps.begin("prune")
+    gone, detail = _prune(settings)
+    steps.end(detail)
+    return PromoteResult(str(repo), ref, new, current, new_version, deltas=deltas, signed=signed,
+                         time=str(entry["time"]), steps=steps.done, pruned=gone, rollback_of=tgt_version)
