@@ -348,7 +348,11 @@ class LibvirtGuest(Guest):
             res = self._ssh("sudo sh -s", input=text, timeout=300)
             checks.append(CheckReport(name, kind, res.returncode == 0, (res.stdout + res.stderr)[-4096:]))
         healthy = all(c.passed for c in checks if c.kind == "required")
-        return BootResult(commit=status["checksum"], version=status.get("version"),
+        # rpm-ostree's "version" is the commit's version metadata, which Image Builder stamps with the OS release
+        # (9.4): not the release. The release version is the candidate's, when the candidate is what booted.
+        booted = status["checksum"]
+        release = self.version if booted == self.candidate_commit and self.version else None
+        return BootResult(commit=booted, version=release,
                           status=HEALTHY if healthy else UNHEALTHY, checks=checks, running=True,
                           entry=f"{self.vm_name} booted deployment", seconds=self.clock() - started,
                           log="\n".join(self.transcript)[-6000:])

@@ -327,3 +327,20 @@ def test_a_loopback_stage_url_is_refused_before_anything_is_created(cfg, tmp_pat
     setup = result.scenarios[0].cases[0]
     assert setup.outcome is Outcome.ERROR and "loopback" in setup.message
     assert vm.calls == []
+
+
+def test_the_os_release_stamp_in_rpm_ostree_status_is_not_taken_as_the_release(cfg, tmp_path):
+    """Image Builder stamps every commit's version metadata with the OS release: rpm-ostree shows 9.4 for the
+    candidate and for production alike. The boot results name the candidate's release version, or none."""
+
+    class RealStamps(EdgeVM):
+        def _deployment(self, checksum: str, origin: str, osname: str = "rhel") -> dict:
+            return {**super()._deployment(checksum, origin, osname), "version": "9.4"}
+
+    result, _ = _run(cfg, RealStamps({STAGE_URL: CAND, PROD_URL: PROD}), tmp_path)
+    by = {s.name: s for s in result.scenarios}
+    assert all(by[n].outcome is Outcome.PASSED for n in ("install", "upgrade", "rollback"))
+    outputs = "\n".join(c.output for s in result.scenarios for c in s.cases if c.output)
+    assert f"commit={CAND} version=1.0.1" in outputs
+    assert "version=9.4" not in outputs
+    assert f"commit={PROD} version=?" in outputs  # production booted after the rollback: not the candidate
