@@ -134,13 +134,34 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     try:
         return _compose(args, cfg, name, arch, path, rec)
     except (EdgeCIError, KeyboardInterrupt) as e:
-        # A compose that did not finish invalidates the compose section and every later one: an older candidate's
-        # "passed" must not survive a failed attempt (run --resume would carry on with it).
+        # A compose of changed inputs that did not finish invalidates the compose section and every later one: the
+        # older candidate's "passed" must not survive it (run --resume would carry on with it). With unchanged
+        # inputs (a wrong --parent, an unreachable composer) the recorded candidate is still the blueprint's.
         previous = rec.get("compose") if rec.path.exists() else None
-        if previous is not None and previous.get("status") == "passed":
+        if previous is not None and previous.get("status") == "passed" and _inputs_changed(rec, path):
             rec.set("compose", {"error": str(e) if isinstance(e, EdgeCIError) else "interrupted"}, status=FAILED)
             rec.save()
         raise
+
+
+def _inputs_changed(rec: BuildRecord, path: Path) -> bool:
+    """Whether the blueprint, its checks file or the git commit differ from what the record's blueprint section
+    describes (or the record has none)."""
+    import hashlib
+
+    from edgeci.checks import file_sha256
+    from edgeci.errors import EdgeCIError
+    from edgeci.tools import git
+
+    bp = rec.get("blueprint") or {}
+    try:
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        checks = file_sha256(path.with_name(f"{path.stem}.checks.yaml"))
+    except (OSError, EdgeCIError):
+        return True
+    if bp.get("sha256") != sha or ("checks_sha256" in bp and bp["checks_sha256"] != checks):
+        return True
+    return bool(bp.get("git_sha")) and bp.get("git_sha") != git.head_sha(path.resolve())
 
 
 def _compose(args: argparse.Namespace, cfg: Config, name: str, arch: str, path: Path, rec: BuildRecord) -> int:

@@ -78,7 +78,7 @@ def test_lint_clean_blueprints_exit_0(project: Path, capsys) -> None:
         assert lint["findings"] == [] and lint["status"] == "passed"
         cases = list(ET.parse(project / "reports" / f"lint-{name}-x86_64.xml").getroot().iter("testcase"))
         assert {c.get("classname") for c in cases} == {f"edgeci.lint.{name}.x86_64"}
-        assert len(cases) == 11 and not any(c.find("failure") is not None for c in cases)
+        assert len(cases) == 14 and not any(c.find("failure") is not None for c in cases)
 
 
 def test_lint_unknown_key_exit_1_names_file_line_and_key(project: Path, capsys) -> None:
