@@ -559,6 +559,24 @@ def text_diff(old: str, new: str, old_name: str, new_name: str) -> list[str]:
         old.splitlines(keepends=True), new.splitlines(keepends=True), old_name, new_name)]
 
 
+def variables_diff(old: Mapping[str, str] | None, new: Mapping[str, str] | None) -> list[str]:
+    """What changed in a templated blueprint's values, by name and sha256 (never a value): one line per added,
+    removed or changed variable, for the approver (production's release against the candidate)."""
+    old, new = dict(old or {}), dict(new or {})
+    lines = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if a == b:
+            continue
+        if a is None:
+            lines.append(f"+ {name} (sha256 {str(b)[:12]})")
+        elif b is None:
+            lines.append(f"- {name} (sha256 {a[:12]})")
+        else:
+            lines.append(f"~ {name} sha256 {a[:12]} -> {str(b)[:12]}")
+    return lines
+
+
 def approve_mark(text: str) -> str:
     """The checksum named by an 'edgeci-approve <checksum>' comment, or ""."""
     m = APPROVE_MARK_RE.search(text or "")

@@ -274,3 +274,11 @@ def test_gate_settings_choose_the_requirements() -> None:
     scen, backends = policy.boot_requirements(GateConfig(source="local"))
     v = verdict(ev, sections(backend="sysroot"), required_scenarios=scen, accepted_backends=backends)
     assert v.decision == policy.APPROVED
+
+
+def test_the_approver_sees_which_variables_changed_by_hash_only() -> None:
+    old = {"CEPH_KEYRING": "1" * 64, "SSH_USER": "2" * 64, "GONE": "3" * 64}
+    new = {"CEPH_KEYRING": "4" * 64, "SSH_USER": "2" * 64, "CA_CERT": "5" * 64}
+    assert policy.variables_diff(old, new) == ["+ CA_CERT (sha256 555555555555)", "~ CEPH_KEYRING sha256 "
+                                               "111111111111 -> 444444444444", "- GONE (sha256 333333333333)"]
+    assert policy.variables_diff(new, new) == []
