@@ -27,6 +27,26 @@ MR_NOTE_MARKER = "<!-- edgeci:mr-summary -->"
 ZERO_SHA = "0" * 40
 BUILD_STAGES = ("compose", "push", "stage", "boot-test")
 CHILD_STAGES = (*BUILD_STAGES, "promote")
+# Environments that scope the signing keys: GitLab gives an environment-scoped (File, protected) CI/CD
+# variable only to jobs deploying to a matching environment, so EDGECI_COMPOSE_KEY reaches the compose jobs
+# and EDGECI_BOOT_TEST_KEY the boot-test jobs, nothing else. `action: prepare` records no deployment.
+KEY_ENVIRONMENTS = {"compose": "edgeci/compose", "boot-test": "edgeci/boot-test"}
+# Retried only when the failure is the infrastructure's, never a failed candidate.
+RETRY_WHEN = ("runner_system_failure", "stuck_or_timeout_failure", "api_failure")
+
+
+def retry() -> dict[str, Any]:
+    return {"max": 2, "when": list(RETRY_WHEN)}
+
+
+def pip_cache() -> dict[str, Any]:
+    return {"key": "edgeci-pip", "paths": [".cache/pip"], "when": "always"}
+
+
+FORWARD_VARIABLE = "EDGECI_FORWARD_VARIABLES"  # names of pipeline variables the child pipeline must see
+SECRET_NAME = ("TOKEN", "PASSWORD", "SECRET", "KEY", "PRIVATE", "CREDENTIAL")
+# the promote job adds the policy a variable names (never instead of the host's /etc/edgeci/trust.yaml)
+POLICY_ARG = '${EDGECI_TRUST_POLICY:+--policy "$EDGECI_TRUST_POLICY"}'
 # access levels GitLab accepts for deploy_access_levels / approval_rules
 ACCESS_LEVELS = {"developer": 30, "maintainer": 40, "admin": 60}
 
@@ -67,6 +87,11 @@ class Mode(StrEnum):
     def promotes(self) -> bool:
         return self in (Mode.DEFAULT_BRANCH, Mode.SCHEDULE)
 
+    @property
+    def review(self) -> bool:
+        """Candidates that are not releases: their own image repository, tags and stage."""
+        return self in (Mode.MERGE_REQUEST, Mode.BRANCH)
+
 
 def detect_mode(env: Mapping[str, str]) -> Mode:
     """The pipeline kind from GitLab's predefined variables."""
@@ -83,6 +108,26 @@ def detect_mode(env: Mapping[str, str]) -> Mode:
 
 def split_tags(value: str) -> list[str]:
     return [t.strip() for t in value.replace("\n", ",").split(",") if t.strip()]
+
+
+def forwarded(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The pipeline variables named in EDGECI_FORWARD_VARIABLES (set by `edgeci gitlab schedule`) with their
+    values, for the child pipeline's `variables:`; and the names refused because they look like secrets
+    (those stay project CI/CD variables: a child pipeline's YAML is an artifact)."""
+    out: dict[str, str] = {}
+    refused: list[str] = []
+    for name in env.get(FORWARD_VARIABLE, "").replace(",", " ").split():
+        if any(word in name.upper() for word in SECRET_NAME):
+            refused.append(name)
+        elif name in env:
+            out[name] = env[name]
+    return out, refused
+
+
+def review_image(image: str) -> str:
+    """The image repository of review candidates (merge requests, other branches): beside the release one, so
+    release tags (the version, latest) are only ever pushed by the default branch."""
+    return image.rstrip("/") + "-review"
 
 
 @dataclass
@@ -103,6 +148,12 @@ class ChildOptions:
     mr_iid: str = ""
     stage_action: str = "serve"  # `edgeci stage serve|wait`
     parent_urls: dict[Target, str] = field(default_factory=dict)  # compose --url: production, when it exists
+    commit_sha: str = ""  # short sha of the candidate's commit (review tags)
+    ref_slug: str = ""  # CI_COMMIT_REF_SLUG (review tags of other branches)
+    registry_image: str = "oci:build/oci/{blueprint}"  # registry.image: review candidates go beside it
+    stage_dir: str = "build/stage/{blueprint}"  # stage.dir: review candidates get their own
+    review_stop_in: str = "1 week"  # a merge request's stage stops on close, or after this long
+    forward: dict[str, str] = field(default_factory=dict)  # pipeline variables the child jobs must see
 
     @classmethod
     def from_env(cls, cfg: Config, env: Mapping[str, str]) -> ChildOptions:
@@ -120,7 +171,23 @@ class ChildOptions:
             parent_pipeline_id=env.get("CI_PIPELINE_ID", ""),
             mr_iid=env.get("CI_MERGE_REQUEST_IID", ""),
             stage_action="wait" if cfg.stage.mode == "wait" else "serve",
+            commit_sha=env.get("CI_COMMIT_SHORT_SHA", "") or env.get("CI_COMMIT_SHA", "")[:8],
+            ref_slug=env.get("CI_COMMIT_REF_SLUG", ""),
+            registry_image=cfg.registry.image,
+            stage_dir=cfg.stage.dir,
+            forward=forwarded(env)[0],
         )
+
+    @property
+    def review_name(self) -> str:
+        """mr-<iid> or branch-<slug>: what a review candidate's tag, stage and environment are named after."""
+        if self.mode is Mode.MERGE_REQUEST:
+            return f"mr-{self.mr_iid or 'local'}"
+        return f"branch-{self.ref_slug or 'local'}"
+
+    @property
+    def review_tag(self) -> str:
+        return f"{self.review_name}-{self.commit_sha or 'local'}"
 
 
 def targets_for(cfg: Config, blueprints: list[str]) -> list[Target]:
@@ -147,8 +214,11 @@ def _job_base(opts: ChildOptions, t: Target, tags: list[str], stage: str) -> dic
     if tags:
         job["tags"] = list(tags)
     job["variables"] = {"EDGECI_BLUEPRINT": t.blueprint, "EDGECI_ARCH": t.arch}
+    job["retry"] = retry()
     if opts.install:
         job["before_script"] = [_install_line(opts.install)]
+        job["variables"]["PIP_CACHE_DIR"] = "$CI_PROJECT_DIR/.cache/pip"
+        job["cache"] = pip_cache()
     return job
 
 
@@ -162,6 +232,19 @@ def _install_line(install: str) -> str:
 _ON = '"$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH"'
 
 
+def _review_variables(opts: ChildOptions) -> dict[str, str]:
+    """What makes a merge request's (or another branch's) candidates its own: pushed beside the release
+    image with only its own tag among the extra tags, staged by edgeci on the runner in its own directory."""
+    return {
+        "EDGECI_REGISTRY_IMAGE": review_image(opts.registry_image),
+        "EDGECI_REGISTRY_TAGS": opts.review_tag,
+        "EDGECI_STAGE_MODE": "serve",
+        "EDGECI_STAGE_URL": "",
+        "EDGECI_STAGE_PORT": "0",
+        "EDGECI_STAGE_DIR": f"{opts.stage_dir.rstrip('/')}-{opts.review_name}",
+    }
+
+
 def child_pipeline(targets: list[Target], opts: ChildOptions) -> dict[str, Any]:
     """The child pipeline as a YAML-ready mapping (see render_yaml)."""
     stages = list(CHILD_STAGES if opts.mode.promotes else BUILD_STAGES)
@@ -169,6 +252,12 @@ def child_pipeline(targets: list[Target], opts: ChildOptions) -> dict[str, Any]:
     variables: dict[str, str] = {"EDGECI_PIPELINE_MODE": opts.mode.value}
     if opts.parent_pipeline_id:
         variables["PARENT_PIPELINE_ID"] = str(opts.parent_pipeline_id)
+    for key, value in sorted(opts.forward.items()):
+        variables.setdefault(key, value)
+    stage_action = opts.stage_action
+    if opts.mode.review:
+        variables.update(_review_variables(opts))
+        stage_action = "serve"  # the shared stage host serves releases only
     doc["variables"] = variables
     if not targets:
         # a child pipeline needs one job; this one needs no edgeci
@@ -184,6 +273,8 @@ def child_pipeline(targets: list[Target], opts: ChildOptions) -> dict[str, Any]:
     for t in targets:
         compose = _job_base(opts, t, opts.build_tags, "compose")
         compose["interruptible"] = True
+        # EDGECI_COMPOSE_KEY is scoped to this environment: only the compose jobs sign provenance
+        compose["environment"] = {"name": KEY_ENVIRONMENTS["compose"], "action": "prepare"}
         if opts.parent_pipeline_id:
             # the lint job's records (blueprint + lint sections) come from the parent pipeline
             compose["needs"] = [{"pipeline": "$PARENT_PIPELINE_ID", "job": opts.lint_job}]
@@ -202,13 +293,21 @@ def child_pipeline(targets: list[Target], opts: ChildOptions) -> dict[str, Any]:
 
         previous = "compose"
         for stage, command in (("push", f"edgeci push {_ON}"),
-                               ("stage", f"edgeci stage {opts.stage_action} {_ON}"),
+                               ("stage", f"edgeci stage {stage_action} {_ON}"),
                                ("boot-test", f"edgeci boot-test {_ON}")):
             job = _job_base(opts, t, opts.build_tags, stage)
             job["interruptible"] = True
             job["needs"] = [{"job": t.job(previous), "artifacts": True}]
             job["script"] = [command]
             job["artifacts"] = _artifacts(opts, t, stage)
+            if stage == "boot-test":
+                # EDGECI_BOOT_TEST_KEY is scoped to this environment: only the boot-test jobs sign results
+                job["environment"] = {"name": KEY_ENVIRONMENTS["boot-test"], "action": "prepare"}
+            if stage == "stage" and opts.mode is Mode.MERGE_REQUEST:
+                # the merge request's own stage, stopped when the merge request is merged or closed
+                job["environment"] = {"name": f"review/{opts.review_name}/{t.blueprint}-{t.arch}",
+                                      "action": "start", "on_stop": t.job("stage-stop"),
+                                      "auto_stop_in": opts.review_stop_in}
             doc[t.job(stage)] = job
             previous = stage
 
@@ -220,24 +319,35 @@ def child_pipeline(targets: list[Target], opts: ChildOptions) -> dict[str, Any]:
                 env["url"] = opts.environment_url
             promote["environment"] = env
             promote["resource_group"] = opts.resource_group
-            # Manual and blocking: never `rules: changes` (always true on schedules), never automatic.
-            promote["rules"] = [{"when": "manual"}]
-            promote["allow_failure"] = False
+            # Manual and never `rules: changes` (always true on schedules), never automatic. Not blocking: the
+            # pipeline ends green with the candidate waiting for approval, and whoever may deploy to the
+            # protected environment plays the job later (its own run, in this pipeline).
+            promote["rules"] = [{"when": "manual", "allow_failure": True}]
+            promote["allow_failure"] = True
             promote["interruptible"] = False
-            promote["script"] = [f"edgeci gate {_ON}", f"edgeci promote {_ON}"]
-            if opts.stage_action == "serve":
+            promote["script"] = [f"edgeci gate {_ON}", f"edgeci promote {_ON} {POLICY_ARG}"]
+            if stage_action == "serve":
                 # edgeci's stage server is needed until promotion pulled from it: stop it only after a
                 # successful promotion, so a promote refused at the gate can be retried once approved.
                 promote["script"].append(f"edgeci stage stop {_ON}")
             promote["artifacts"] = _artifacts(opts, t, "promote", "gate", "promote")
             doc[t.job("promote")] = promote
 
-        if opts.stage_action == "serve" and not opts.mode.promotes:
-            # The stage server edgeci started is not needed once the boot test is over. (In promoting
-            # pipelines the promote job stops it, after pulling from it.)
+        if stage_action == "serve" and opts.mode is Mode.BRANCH:
+            # The branch's stage server is not needed once the boot test is over.
             stop = _job_base(opts, t, opts.build_tags, ".post")
             stop["when"] = "always"
             stop["dependencies"] = []  # it stops the server by the PID file in stage.dir, no record needed
+            stop["script"] = [f"edgeci stage stop {_ON}"]
+            doc[t.job("stage-stop")] = stop
+        elif opts.mode is Mode.MERGE_REQUEST:
+            # The environment's on_stop job: GitLab runs it when the merge request is merged or closed (or
+            # the environment auto-stops); people can run it by hand. It never blocks the pipeline.
+            stop = _job_base(opts, t, opts.build_tags, "stage")
+            stop["environment"] = {"name": f"review/{opts.review_name}/{t.blueprint}-{t.arch}", "action": "stop"}
+            stop["rules"] = [{"when": "manual", "allow_failure": True}]
+            stop["allow_failure"] = True
+            stop["dependencies"] = []
             stop["script"] = [f"edgeci stage stop {_ON}"]
             doc[t.job("stage-stop")] = stop
 
@@ -248,6 +358,9 @@ def child_pipeline(targets: list[Target], opts: ChildOptions) -> dict[str, Any]:
         if opts.build_tags:
             note["tags"] = list(opts.build_tags)
         note["when"] = "always"
+        # a token or API problem is a warning on the pipeline, never a failed candidate
+        note["allow_failure"] = True
+        note["retry"] = retry()
         note["needs"] = [{"job": t.job("boot-test"), "artifacts": True} for t in targets]
         note["variables"] = {
             "EDGECI_MR_IID": str(opts.mr_iid),
@@ -479,6 +592,29 @@ def ensure_protected_environment(conn: Connection, project: Any, spec: Environme
     with api_errors(conn, what):
         conn.gl.http_put(path, post_data=payload)  # python-gitlab has no update() for this endpoint
     return [Change(what, "updated", ", ".join(notes))]
+
+
+PROCESS_MODES = ("unordered", "oldest_first", "newest_first", "newest_ready_first")
+
+
+def ensure_resource_group(conn: Connection, project: Any, key: str, process_mode: str = "oldest_first") -> Change:
+    """Set the resource group's process mode (GET, then PUT only when it differs). GitLab creates a resource
+    group when a job first uses it: until then there is nothing to set, which is said, not an error."""
+    if process_mode not in PROCESS_MODES:
+        raise ConfigError(f"process mode '{process_mode}' is not one of {', '.join(PROCESS_MODES)}",
+                          where="--process-mode")
+    what = f"resource group '{key}'"
+    group = _get_or_none(conn, what, lambda: project.resource_groups.get(key))
+    if group is None:
+        return Change(what, "unchanged", "GitLab creates it when a promote job first runs: run this command "
+                                         "again after that to set its process mode")
+    current = str(group.attributes.get("process_mode") or "unordered")
+    if current == process_mode:
+        return Change(what, "unchanged", f"process mode {current}")
+    with api_errors(conn, what):
+        group.process_mode = process_mode
+        group.save()  # PUT /projects/:id/resource_groups/:key process_mode=…
+    return Change(what, "updated", f"process mode {current} -> {process_mode}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     who.add_argument("--user", default=None, help="user (username or id) who approves")
     e.add_argument("--deploy-access", choices=sorted(ACCESS_NAMES), default="maintainer",
                    help="role allowed to run the promote job (default: maintainer)")
+    e.add_argument("--resource-group", default=None,
+                   help="the promote jobs' resource group (default: EDGECI_RESOURCE_GROUP or production)")
+    e.add_argument("--process-mode", default="oldest_first",
+                   choices=["unordered", "oldest_first", "newest_first", "newest_ready_first"],
+                   help="order in which waiting promotions run (default: oldest_first, so an older candidate is "
+                        "never promoted after a newer one and refused as a downgrade)")
 
     n = sub.add_parser("mr-note", help="post or update the summary note on the merge request")
     n.add_argument("--iid", default=None, help="merge request iid (default: EDGECI_MR_IID or CI_MERGE_REQUEST_IID)")
@@ -92,10 +98,12 @@ def _child_pipeline(args: argparse.Namespace, cfg: Config) -> int:
 
     from edgeci.changes import changed
     from edgeci.ci.gitlab_setup import (
+        FORWARD_VARIABLE,
         ZERO_SHA,
         ChildOptions,
         Mode,
         child_pipeline,
+        forwarded,
         render_yaml,
         split_tags,
         targets_for,
@@ -105,6 +113,9 @@ def _child_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.ui import say, warn
 
     opts = ChildOptions.from_env(cfg, os.environ)
+    for name in forwarded(os.environ)[1]:
+        warn(f"{FORWARD_VARIABLE}: {name} looks like a secret and is not copied into the child pipeline "
+             "(make it a project CI/CD variable)")
     if args.mode != "auto":
         opts.mode = Mode(args.mode)
     if args.image is not None:
@@ -141,8 +152,14 @@ def _child_pipeline(args: argparse.Namespace, cfg: Config) -> int:
         header.append(f"  {t.blueprint}/{t.arch} on top of " + (url or "nothing (first release)"))
     if cs.deleted:
         header.append("deleted (nothing to build): " + ", ".join(cs.deleted))
-    if not opts.mode.promotes:
-        header.append("this pipeline stops after boot-test; promotion runs from the default branch")
+    if opts.forward:
+        header.append("forwarded pipeline variables: " + ", ".join(sorted(opts.forward)))
+    if opts.mode.review:
+        header.append(f"review candidates ({opts.review_name}): pushed to the -review image with tag "
+                      f"{opts.review_tag}, staged in their own directory; no promotion")
+    else:
+        header.append("promote jobs are manual and do not block: the pipeline ends when the candidate is ready "
+                      "for approval")
     text = render_yaml(child_pipeline(targets, opts), header="\n".join(header))
     if args.output:
         atomic_write_text(args.output, text)
@@ -171,7 +188,8 @@ def _parse_variables(pairs: list[str]) -> dict[str, str]:
 def _schedule(args: argparse.Namespace, cfg: Config) -> int:
     import os
 
-    from edgeci.ci.gitlab_setup import ScheduleSpec, ensure_schedule, validate_cron
+    from edgeci.ci.gitlab_setup import FORWARD_VARIABLE, ScheduleSpec, ensure_schedule, forwarded, validate_cron
+    from edgeci.errors import ConfigError
     from edgeci.gitlab_api import connect
     from edgeci.ui import say
 
@@ -184,6 +202,15 @@ def _schedule(args: argparse.Namespace, cfg: Config) -> int:
         variables=_parse_variables(args.variable),
         prune_variables=args.prune_variables,
     )
+    _, refused = forwarded({FORWARD_VARIABLE: " ".join(spec.variables)})
+    if refused:
+        raise ConfigError(f"schedule variable {', '.join(refused)} looks like a secret: it would be written into "
+                          "the child pipeline's YAML", where="--variable",
+                          fix="make it a masked, protected project CI/CD variable (Settings > CI/CD > Variables)")
+    if spec.variables:
+        # the template's plan job copies these into the child pipeline, where the jobs run (GitLab forwards
+        # pipeline variables to a child only with trigger:forward, which the template sets as well)
+        spec.variables[FORWARD_VARIABLE] = " ".join(sorted(spec.variables))
     if args.description:
         spec.description = args.description
     conn = connect(cfg)
@@ -197,11 +224,14 @@ def _schedule(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _protect_environment(args: argparse.Namespace, cfg: Config) -> int:
+    import os
+
     from edgeci.ci.gitlab_setup import (
         ACCESS_LEVELS,
         EnvironmentSpec,
         Rule,
         ensure_protected_environment,
+        ensure_resource_group,
         resolve_group,
         resolve_user,
     )
@@ -226,6 +256,8 @@ def _protect_environment(args: argparse.Namespace, cfg: Config) -> int:
         spec.approvals = {who: approvals}
     for change in ensure_protected_environment(conn, project, spec):
         say(change.line())
+    group = args.resource_group or os.environ.get("EDGECI_RESOURCE_GROUP", "") or "production"
+    say(ensure_resource_group(conn, project, group, args.process_mode).line())
     return 0
 
 

@@ -70,19 +70,23 @@ def test_child_pipeline_has_one_job_per_target_and_stage_named_after_both(mode: 
 
 
 @pytest.mark.parametrize("mode", [Mode.DEFAULT_BRANCH, Mode.SCHEDULE])
-def test_promote_is_manual_blocking_protected_and_serialised(mode: Mode) -> None:
+def test_promote_is_manual_not_blocking_protected_and_serialised(mode: Mode) -> None:
     opts = ChildOptions(mode=mode, promote_tags=["ostree-prod"], environment_url="https://prod.example.com/repo")
     doc = child_pipeline(TARGETS, opts)
     assert doc["stages"][-1] == "promote"
     job = doc["promote:gateway:x86_64"]
-    assert job["rules"] == [{"when": "manual"}]
-    assert job["allow_failure"] is False
+    # issue 16: manual but not blocking, so the build pipeline ends green with the candidate ready for approval
+    assert job["rules"] == [{"when": "manual", "allow_failure": True}]
+    assert job["allow_failure"] is True
+    assert job["interruptible"] is False  # a newer push never cancels a running promotion
     assert job["environment"] == {"name": "production", "deployment_tier": "production",
                                   "url": "https://prod.example.com/repo"}
     assert job["resource_group"] == "production"
     assert job["tags"] == ["ostree-prod"]
     assert job["needs"] == [{"job": "boot-test:gateway:x86_64", "artifacts": True}]
     assert job["script"][0].startswith("edgeci gate ") and job["script"][1].startswith("edgeci promote ")
+    # a trust policy named by EDGECI_TRUST_POLICY is added (the host's /etc/edgeci/trust.yaml always applies)
+    assert job["script"][1].endswith(' ${EDGECI_TRUST_POLICY:+--policy "$EDGECI_TRUST_POLICY"}')
     assert job["artifacts"]["reports"]["junit"] == ["reports/gate-gateway-x86_64.xml",
                                                     "reports/promote-gateway-x86_64.xml"]
     # the stage server is stopped by a successful promotion, never by a .post job before it
@@ -100,7 +104,15 @@ def test_merge_request_pipeline_stops_after_boot_test_and_posts_one_note() -> No
     assert note["needs"] == [{"job": "boot-test:gateway:x86_64", "artifacts": True},
                              {"job": "boot-test:kiosk:aarch64", "artifacts": True}]
     assert note["variables"] == {"EDGECI_MR_IID": "12", "EDGECI_TARGETS": "gateway/x86_64 kiosk/aarch64"}
-    assert doc["stage-stop:gateway:x86_64"]["stage"] == ".post"
+    assert note["allow_failure"] is True
+    # the MR's stage lives until the MR is merged or closed: its environment's on_stop job stops it
+    stop = doc["stage-stop:gateway:x86_64"]
+    assert stop["environment"] == {"name": "review/mr-12/gateway-x86_64", "action": "stop"}
+    assert stop["rules"] == [{"when": "manual", "allow_failure": True}]
+    assert stop["script"] == ['edgeci stage stop "$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH"']
+    assert doc["stage:gateway:x86_64"]["environment"] == {
+        "name": "review/mr-12/gateway-x86_64", "action": "start", "on_stop": "stage-stop:gateway:x86_64",
+        "auto_stop_in": "1 week"}
 
 
 def test_branch_pipeline_has_no_note_and_no_promote() -> None:
@@ -288,6 +300,9 @@ def test_schedule_is_created_then_a_second_run_writes_nothing(gitlab_server: Fak
                                              "active": True}),
         ("/projects/42/pipeline_schedules/1/variables", {"key": "EDGECI_REBUILD", "value": "all",
                                                          "variable_type": "env_var"}),
+        # the names the plan job copies into the child pipeline (issue 16: schedule variables reach child jobs)
+        ("/projects/42/pipeline_schedules/1/variables", {"key": "EDGECI_FORWARD_VARIABLES",
+                                                         "value": "EDGECI_REBUILD", "variable_type": "env_var"}),
     ]
     gitlab_server.clear_log()
     rc, out = gl_cli("schedule", "--cron", "0 3 1 * *", "--variable", "EDGECI_REBUILD=all")
@@ -311,6 +326,9 @@ def test_schedule_update_puts_only_what_differs(gitlab_server: FakeGitLab, gl_cl
         ("PUT", "/projects/42/pipeline_schedules/1/variables/EDGECI_REBUILD",
          {"key": "EDGECI_REBUILD", "value": "everything", "variable_type": "env_var"}),
         ("POST", "/projects/42/pipeline_schedules/1/variables", {"key": "NEW", "value": "1",
+                                                                 "variable_type": "env_var"}),
+        ("POST", "/projects/42/pipeline_schedules/1/variables", {"key": "EDGECI_FORWARD_VARIABLES",
+                                                                 "value": "EDGECI_REBUILD NEW",
                                                                  "variable_type": "env_var"}),
     ]
     assert "variable MANUAL: unchanged (not managed by edgeci" in out
@@ -499,3 +517,116 @@ def test_bad_token_unreachable_server_and_missing_settings_are_one_line_never_th
     r = edgeci_cli(["gitlab", "schedule", "--cron", "0 3 1 * *"], tmp_path, env={"EDGECI_GITLAB_TOKEN": wrong})
     assert r.returncode == 2 and "gate.gitlab.url" in r.stderr
     assert gitlab_server.writes() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: keys per job, review candidates, forwarded variables, retries, resource group
+
+
+def test_signing_keys_reach_only_their_jobs_through_environment_scopes() -> None:
+    doc = child_pipeline(TARGETS[:1], ChildOptions(mode=Mode.DEFAULT_BRANCH))
+    envs = {name: (job.get("environment") or {}).get("name") for name, job in _jobs(doc).items()}
+    # EDGECI_COMPOSE_KEY is scoped to edgeci/compose, EDGECI_BOOT_TEST_KEY to edgeci/boot-test
+    assert envs == {"compose:gateway:x86_64": "edgeci/compose", "push:gateway:x86_64": None,
+                    "stage:gateway:x86_64": None, "boot-test:gateway:x86_64": "edgeci/boot-test",
+                    "promote:gateway:x86_64": "production"}
+    for name in ("compose:gateway:x86_64", "boot-test:gateway:x86_64"):
+        assert doc[name]["environment"]["action"] == "prepare"  # no deployment recorded
+    # nothing names a key in the YAML: the keys are File variables of the project, never job variables
+    assert "_KEY" not in json.dumps(doc)
+
+
+def test_every_edgeci_job_retries_infrastructure_failures_only_and_caches_pip() -> None:
+    doc = child_pipeline(TARGETS[:1], ChildOptions(mode=Mode.MERGE_REQUEST, install="edgeci[gitlab]", mr_iid="3"))
+    for name, job in _jobs(doc).items():
+        assert job["retry"] == {"max": 2, "when": ["runner_system_failure", "stuck_or_timeout_failure",
+                                                   "api_failure"]}, name
+        if name != "mr-note":
+            assert job["cache"] == {"key": "edgeci-pip", "paths": [".cache/pip"], "when": "always"}
+            assert job["variables"]["PIP_CACHE_DIR"] == "$CI_PROJECT_DIR/.cache/pip"
+    assert "cache" not in child_pipeline(TARGETS[:1], ChildOptions(mode=Mode.BRANCH))["compose:gateway:x86_64"]
+
+
+@pytest.mark.parametrize(("mode", "name", "tag"), [(Mode.MERGE_REQUEST, "mr-12", "mr-12-0a1b2c3d"),
+                                                   (Mode.BRANCH, "branch-feature-x", "branch-feature-x-0a1b2c3d")])
+def test_review_candidates_get_their_own_image_tag_and_stage(mode: Mode, name: str, tag: str) -> None:
+    opts = ChildOptions(mode=mode, mr_iid="12", commit_sha="0a1b2c3d", ref_slug="feature-x",
+                        registry_image="docker://quay.example.com/edge/{blueprint}", stage_dir="/srv/stage/{blueprint}",
+                        stage_action="wait")
+    doc = child_pipeline(TARGETS[:1], opts)
+    assert {k: v for k, v in doc["variables"].items() if k.startswith(("EDGECI_REGISTRY", "EDGECI_STAGE"))} == {
+        "EDGECI_REGISTRY_IMAGE": "docker://quay.example.com/edge/{blueprint}-review",
+        "EDGECI_REGISTRY_TAGS": tag,
+        "EDGECI_STAGE_MODE": "serve", "EDGECI_STAGE_URL": "", "EDGECI_STAGE_PORT": "0",
+        "EDGECI_STAGE_DIR": f"/srv/stage/{{blueprint}}-{name}"}
+    # the shared stage host serves releases only: a review candidate is served by edgeci on the runner
+    assert doc["stage:gateway:x86_64"]["script"] == ['edgeci stage serve "$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH"']
+    # and really is its own: the configuration the jobs load says so
+    cfg = load_config(env={k: v for k, v in doc["variables"].items() if k.startswith("EDGECI_")})
+    assert cfg.registry.image.endswith("-review") and cfg.registry.tags == [tag]
+    assert cfg.stage.dir.endswith(name) and cfg.stage.mode == "serve" and cfg.stage.port == 0
+
+
+def test_release_pipelines_keep_the_release_image_and_stage() -> None:
+    for mode in (Mode.DEFAULT_BRANCH, Mode.SCHEDULE):
+        doc = child_pipeline(TARGETS[:1], ChildOptions(mode=mode, commit_sha="0a1b2c3d"))
+        assert not any(k.startswith(("EDGECI_REGISTRY", "EDGECI_STAGE")) for k in doc["variables"])
+
+
+def test_schedule_variables_are_forwarded_to_the_child_but_never_secrets(
+        git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeci.ci.gitlab_setup import forwarded
+
+    env = {"EDGECI_FORWARD_VARIABLES": "EDGECI_NOTIFY, EDGECI_BOOT_TEST_BACKEND MY_TOKEN ABSENT",
+           "EDGECI_NOTIFY": "ops", "EDGECI_BOOT_TEST_BACKEND": "sysroot", "MY_TOKEN": "s3cret"}
+    assert forwarded(env) == ({"EDGECI_NOTIFY": "ops", "EDGECI_BOOT_TEST_BACKEND": "sysroot"}, ["MY_TOKEN"])
+    _two_blueprints(git_repo)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    rc, doc, out = _child(git_repo, monkeypatch, capsys, "--all", "--mode", "schedule")
+    assert rc == 0
+    assert doc["variables"]["EDGECI_NOTIFY"] == "ops" and doc["variables"]["EDGECI_BOOT_TEST_BACKEND"] == "sysroot"
+    assert "s3cret" not in out and "MY_TOKEN looks like a secret" in out
+
+
+def test_schedule_refuses_a_secret_looking_variable(gitlab_server: FakeGitLab, gl_cli) -> None:  # type: ignore[no-untyped-def]
+    rc, out = gl_cli("schedule", "--cron", "0 3 1 * *", "--variable", "REGISTRY_PASSWORD=x")
+    assert rc == 2 and "REGISTRY_PASSWORD looks like a secret" in out
+    assert gitlab_server.writes() == []
+
+
+def _resource_groups(server: FakeGitLab, groups: dict[str, dict[str, Any]]) -> None:
+    """GitLab's resource group API (GET, PUT process_mode) on the fake server."""
+    from tests.fixtures.httpserver import Request
+
+    def resource_group(req: Request, project: str, key: str) -> None:
+        group = groups.get(key)
+        if group is None:
+            return req.json({"message": "404 Not found"}, 404)
+        if req.command == "PUT":
+            body = req.body_json() if "json" in (req.headers.get("Content-Type") or "") else {}
+            if body.get("process_mode") not in ("unordered", "oldest_first", "newest_first", "newest_ready_first"):
+                return req.json({"message": "process_mode is invalid"}, 400)
+            group["process_mode"] = body["process_mode"]
+        return req.json(group)
+
+    server.add_route("*", r"/api/v4/projects/(?P<project>[^/]+)/resource_groups/(?P<key>[^/]+)", resource_group)
+
+
+def test_protect_environment_sets_the_resource_group_to_oldest_first_once(gitlab_server: FakeGitLab,
+                                                                        gl_cli) -> None:  # type: ignore[no-untyped-def]
+    groups: dict[str, dict[str, Any]] = {}
+    _resource_groups(gitlab_server, groups)
+    rc, out = gl_cli("protect-environment", "--approvals", "1")
+    assert rc == 0, out
+    assert "resource group 'production': unchanged (GitLab creates it when a promote job first runs" in out
+    groups["production"] = {"id": 3, "key": "production", "process_mode": "unordered"}
+    gitlab_server.clear_log()
+    rc, out = gl_cli("protect-environment", "--approvals", "1")
+    assert rc == 0, out
+    assert [(w.method, w.path, w.body) for w in gitlab_server.writes()] == [
+        ("PUT", "/projects/42/resource_groups/production", {"process_mode": "oldest_first"})]
+    assert "process mode unordered -> oldest_first" in out and groups["production"]["process_mode"] == "oldest_first"
+    gitlab_server.clear_log()
+    rc, out = gl_cli("protect-environment", "--approvals", "1")
+    assert rc == 0 and gitlab_server.writes() == []
