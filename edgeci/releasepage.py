@@ -32,6 +32,9 @@ class ReportData:
     full_bytes: int | None = None
     image: str = ""
     generated: str = ""
+    # the chain of evidence: who signed what, when ({role, key, what, time, verified}), and where it was checked
+    evidence: list[dict[str, str]] = field(default_factory=list)
+    evidence_policy: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +119,23 @@ def render_html(d: ReportData) -> str:
         add("</table>")
     else:
         add("<p class=\"muted\">Production is empty: this is the first release.</p>")
+
+    add("<h2 id=\"evidence\">Chain of evidence</h2>")
+    if d.evidence:
+        checked = (f"checked against {_esc(d.evidence_policy)}" if d.evidence_policy
+                   else "not checked: no trust policy on this machine")
+        add(f"<p class=\"muted\">Signed in-toto statements about commit {_esc(d.commit[:12])}; {checked}.</p>")
+        add("<table><tr><th>Statement</th><th>Signed by</th><th>When</th><th>Signature</th></tr>")
+        for row in d.evidence:
+            ok = row.get("verified", "")
+            cls = "passed" if ok == "yes" else ("failed" if ok.startswith("no") else "")
+            add(f"<tr><td>{_esc(row.get('what', ''))}</td><td>the {_esc(row.get('role', ''))} key "
+                f"{_esc(row.get('key', ''))}</td><td>{_esc(row.get('time', ''))}</td>"
+                f"<td class=\"{cls}\">{_esc(ok or 'not checked')}</td></tr>")
+        add("</table>")
+    else:
+        add("<p class=\"muted\">No signed evidence for this candidate yet (compose and boot-test sign it with their "
+            "keys).</p>")
 
     add("<h2 id=\"timeline\">Stage timeline</h2><table><tr><th>Stage</th><th>Result</th>"
         "<th>Duration</th><th>Finished</th></tr>")

@@ -50,15 +50,8 @@ PRODUCTION_KEYS = ("gpg_key", "gpg_homedir")
 
 
 def _gate_policy() -> Any:
-    """The module with parse_window/parse_freeze/check_window (imported lazily: it is being moved)."""
-    for name in ("edgeci.policy", "edgeci.gate.policy"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "parse_window") and hasattr(module, "parse_freeze"):
-            return module
-    raise ImportError("edgeci's gate policy module (parse_window, parse_freeze) is missing")
+    """edgeci.policy (parse_window, parse_freeze, check_window), imported when a policy is loaded."""
+    return importlib.import_module("edgeci.policy")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """`edgeci approve BLUEPRINT --as NAME`: a local approval bound to the candidate's commit checksum.
 
 The approval is a file under build/<bp>/<arch>/approvals/<checksum>/; `edgeci gate` counts it only for
-that checksum and never when NAME is one of the change's authors.
+that checksum and never when NAME is one of the change's authors. With EDGECI_APPROVER_KEY set it is also
+signed (an in-toto approval statement in the candidate's evidence bundle): production counts only those.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci import policy
     from edgeci.approvals import local_source as local
+    from edgeci.attest import sign_approval, signing_key
     from edgeci.errors import GateError
+    from edgeci.evidence import env_var
     from edgeci.target import blueprint_file, load_record, target, work_dir
     from edgeci.ui import say, warn
 
@@ -41,8 +44,16 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.checksum and not policy.names_checksum(args.checksum, checksum):
         raise GateError(f"you reviewed {args.checksum}, but the candidate of {name} {arch} is now {checksum}",
                         where=str(rec.path), fix="review the new candidate (edgeci gate) and approve its checksum")
+    key = signing_key("approver", cfg)
     work = work_dir(cfg, name, arch)
     path = local.write_approval(work, checksum, approver, comment=args.comment)
+    if key is not None:
+        bundle = sign_approval(rec, cfg.ref(name, arch), approver=approver, comment=args.comment, key=key,
+                               source_ref=str(path))
+        say(f"signed {approver}'s approval with the approver key {key.public.label} -> {bundle}")
+    else:
+        warn(f"{env_var('approver')} is not set: this approval is not signed, and production counts only signed "
+             "approvals (or approvals it reads again from GitLab or Jenkins)")
     evidence = local.collect(work, blueprint_file(cfg, name, rec.get("blueprint")))
     me = policy.Approval(approver, checksum)
     who = policy.author_of(me, evidence.people)

@@ -85,6 +85,28 @@ def _stage_server_running(record: BuildRecord | None) -> bool:
     return bool(sec and sec.get("dir") and server_info(str(sec["dir"])) is not None)
 
 
+def _demo_trust(cfg: Config) -> None:
+    """The embedded default signs its evidence too: demo keys and a demo trust policy under build/trust, made
+    once and said so. A host with its own trust policy, or a production elsewhere, gets nothing here."""
+    import os
+
+    from edgeci import attest
+    from edgeci.boottest import choose_backend
+    from edgeci.ui import say
+
+    if not attest.is_demo_production(cfg) or os.path.isfile(attest.SYSTEM_POLICY):
+        return
+    backend = choose_backend(cfg.boot_test.backend)
+    backends = ["qemu", "libvirt"] if backend in ("qemu", "libvirt") else [backend]
+    fresh = not (attest.demo_dir(cfg) / "trust.yaml").is_file()
+    policy, _ = attest.ensure_demo_trust(cfg, backends=backends)
+    if fresh:
+        say(f"demo signing keys and trust policy for this machine's production: {policy} (compose, boot-test "
+            "and approvals are signed with them; a real production host keeps its own policy, docs/trust.md)")
+    if backends == ["sysroot"]:
+        say("note: qemu is not installed, so the demo policy accepts the sysroot boot test, which boots nothing")
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.errors import BlueprintError
     from edgeci.reposerver import RepoServer
@@ -98,6 +120,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     config_args = ["--config", cfg.source] if cfg_file else []
     for pair in getattr(args, "set", None) or []:
         config_args += ["--set", pair]
+    _demo_trust(cfg)
     prod_repo = cfg.path(cfg.prod.repo)
     if cfg.prod.url or not (prod_repo / "config").is_file():
         return _run_all(args, cfg, names, config_args, "")

@@ -66,6 +66,7 @@ def collect(cfg: Config, name: str, arch: str) -> Any:
         repos += [stage_dir, stage_dir / cfg.stage.repo_path, stage_dir / "repo"]
     gate = record.get("gate") or {}
     push = record.get("push") or {}
+    evidence, checked_by = _evidence(cfg, record)
     return ReportData(
         blueprint=name,
         arch=arch,
@@ -82,7 +83,30 @@ def collect(cfg: Config, name: str, arch: str) -> Any:
         full_bytes=boot.get("full_bytes"),
         image=str(push.get("image_ref", "")),
         generated=now_iso(),
+        evidence=evidence,
+        evidence_policy=checked_by,
     )
+
+
+def _evidence(cfg: Config, record: Any) -> tuple[list[dict[str, str]], str]:
+    """The candidate's statements and their signers, checked against the trust policy when this machine has
+    one (the production host, or the embedded default's demo); listed unchecked otherwise."""
+    from edgeci import attest
+    from edgeci.errors import EdgeCIError
+    from edgeci.evidence import load_bundle
+
+    path = attest.bundle_path(record.path)
+    if not path.is_file():
+        return [], ""
+    try:
+        bundle = load_bundle(path)
+    except EdgeCIError:
+        return [], ""
+    try:
+        policies = attest.load_policies(cfg, None)
+    except EdgeCIError:
+        policies = attest.Policies([])
+    return attest.signers(bundle, policies), policies.sources
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:

@@ -199,7 +199,13 @@ def _compose(s: _Sorted, policy: TrustPolicy) -> tuple[LinkResult, list[ComposeP
                                           f"{prov.builder_id}, signed by the compose key {verified.key.label}"), provs
 
 
-def _boot_test(s: _Sorted, settings: Effective) -> tuple[LinkResult, BootTestResult | None]:
+# Scenarios that need a production commit to start from: on a first release they cannot run, and their signed
+# "skipped" counts only when the caller established that production really is empty on the ref.
+NEEDS_PRODUCTION = ("upgrade", "rollback")
+
+
+def _boot_test(s: _Sorted, settings: Effective, first_release: bool = False,
+               ) -> tuple[LinkResult, BootTestResult | None]:
     name = BOOT_TEST_LINK
     if s.rejected.get("boot-test"):
         reason, fix = s.rejected["boot-test"][0]
@@ -224,14 +230,16 @@ def _boot_test(s: _Sorted, settings: Effective) -> tuple[LinkResult, BootTestRes
                             f"accept (accepted: {', '.join(accepted) or 'none'})")
             continue
         missing = [sc for sc in settings.required_scenarios
-                   if sc not in bt.scenarios or bt.scenarios[sc].outcome != "passed"]
+                   if sc not in bt.scenarios or not (bt.scenarios[sc].outcome == "passed" or (
+                       first_release and sc in NEEDS_PRODUCTION and bt.scenarios[sc].outcome == "skipped"))]
         if missing:
             problems.append(f"envelope {i}: the boot test on {bt.backend} did not pass the required scenario"
                             f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
                             + "".join(f" ({sc} {bt.scenarios[sc].outcome})" for sc in missing if sc in bt.scenarios))
             continue
         ran = ", ".join(f"{n} {r.outcome}" for n, r in bt.scenarios.items())
-        return LinkResult(name, True, f"passed on {bt.backend} ({ran}), signed by the boot-test key "
+        first = " (first release: nothing to upgrade from)" if first_release else ""
+        return LinkResult(name, True, f"passed on {bt.backend} ({ran}){first}, signed by the boot-test key "
                                       f"{verified.key.label}"), bt
     return LinkResult(name, False, "; ".join(problems),
                       f"run the boot test on {' or '.join(accepted) or 'an accepted backend'} with every "
@@ -309,12 +317,14 @@ def verify_chain(
     now: datetime | None = None,
     settings: Effective | None = None,
     external_approvals: Iterable[Any] = (),
+    first_release: bool = False,
 ) -> ChainResult:
     """Every link of the candidate's evidence, checked against the production host's trust policy.
 
     `settings` (from trust.effective(policy, project)) default to the trust policy's own; they can only
     be stricter. `external_approvals` are approvals the caller fetched again from GitLab or Jenkins; they
-    count under the same rules (checksum named, not an author, allowed, distinct identity)."""
+    count under the same rules (checksum named, not an author, allowed, distinct identity). `first_release`:
+    the caller read production and found nothing on the ref, so upgrade and rollback may be signed skipped."""
     from edgeci.trust import effective
 
     checksum = (checksum or "").strip().lower()
@@ -340,7 +350,7 @@ def verify_chain(
                                                    f"{'s' if len(envelopes) != 1 else ''} of in-toto statements"))
     compose_link, provs = _compose(s, policy)
     links.append(compose_link)
-    boot_link, boot = _boot_test(s, eff)
+    boot_link, boot = _boot_test(s, eff, first_release)
     links.append(boot_link)
     approvals_link, counted, not_counted = _approvals(s, eff, checksum, provs, compose_link.passed,
                                                       external_approvals)

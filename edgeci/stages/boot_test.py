@@ -61,11 +61,14 @@ def _checks_path(cfg: Config, rec: BuildRecord, name: str) -> Path:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    from edgeci.attest import sign_boot_test, signing_key
     from edgeci.boottest import choose_backend, guest_factory, osname_for, require_tools
     from edgeci.boottest.guest import sigterm_raises
     from edgeci.boottest.scenarios import SCENARIOS, resolve_production, run_scenarios
     from edgeci.checks import ChecksFile, load_checks, render_scripts
+    from edgeci.evidence import env_var
     from edgeci.junit import Outcome, write_junit
+    from edgeci.oci import sha256_file
     from edgeci.record import FAILED, PASSED
     from edgeci.target import load_record, target, work_dir
     from edgeci.ui import say, warn
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     name, arch = target(cfg, args)
     rec = load_record(cfg, name, arch)
     candidate = candidate_from_record(cfg, rec, name, arch)
+    key = signing_key("boot-test", cfg)  # a key variable naming a bad file fails now, not after the boots
     checks_file = _checks_path(cfg, rec, name)
     parsed = load_checks(checks_file) if checks_file.is_file() else ChecksFile(None, [])
     checks = parsed.checks
@@ -104,6 +108,13 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     }
     rec.set("boot_test", section, status=PASSED if result.ok else FAILED)
     rec.save()
+    if key is not None:
+        checks_sha = sha256_file(checks_file) if checks_file.is_file() else ""
+        bundle = sign_boot_test(rec, cfg.ref(name, arch), checks_sha256=checks_sha, key=key)
+        say(f"boot-test {name}/{arch}: signed the result with the boot-test key {key.public.label} -> {bundle}")
+    else:
+        warn(f"boot-test {name}/{arch}: {env_var('boot-test')} is not set: the result is not signed, and "
+             "production will not accept this candidate")
     for s in result.scenarios:
         say(f"boot-test {name}/{arch}: {s.name}: {s.outcome.value}" + (f" — {s.reason}" if s.reason else ""))
         for c in s.cases:

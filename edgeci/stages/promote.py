@@ -1,7 +1,10 @@
-"""`edgeci promote BLUEPRINT [--dry-run]`: glue between the build record and edgeci.promotion.
+"""`edgeci promote BLUEPRINT [--dry-run] [--policy FILE]`: glue between the build record and edgeci.promotion.
 
-Reads the candidate and the gate's decision from the record, runs the pinned promotion, prints each step,
-writes reports/promote-<bp>-<arch>.xml and the record's promote section. EDGECI_TEST_PAUSE_AT=<step> or
+The record only says which candidate (its checksum, ref, stage); whether it may go is decided from signed
+evidence alone: the candidate's bundle verified against the production host's trust policy (edgeci.attest),
+approvals counted from signed approval statements or read again from GitLab/Jenkins. Then the pinned
+promotion runs, the bundle is published beside the production repo, each step is printed, and
+reports/promote-<bp>-<arch>.xml and the record's promote section are written. EDGECI_TEST_PAUSE_AT=<step> or
 after-<step> stops at that step boundary (the kill tests SIGKILL the process there), until the file named
 by EDGECI_TEST_RESUME_FILE appears.
 """
@@ -25,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgeci.target import add_target_args
 
     add_target_args(p)
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--dry-run", action="store_true", help="verify the evidence and print the plan, change nothing")
+    p.add_argument("--policy", metavar="FILE", default=None,
+                   help="a trust policy to satisfy as well (the host's /etc/edgeci/trust.yaml always applies "
+                        "when it exists)")
     p.add_argument("--from", dest="source", choices=("stage", "image"), default=None,
                    help="pull the commit from the stage repo, or from the pushed image by digest "
                         "(default: prod.source, stage)")
@@ -74,13 +80,53 @@ def request(cfg: Config, rec: BuildRecord, name: str, arch: str) -> PromoteReque
     )
 
 
+def verify_evidence(cfg: Config, args: argparse.Namespace, rec: BuildRecord, name: str, arch: str) -> Any:
+    """The candidate's chain checked against the trust policies; (policies, bundle, results, effective
+    project-vs-policy approvals required). Raises VerificationError (exit 1) naming the first broken link."""
+    from edgeci import attest
+    from edgeci.trust import effective, project_settings
+    from edgeci.ui import say, warn
+
+    policies = attest.load_policies(cfg, getattr(args, "policy", None))
+    if policies.demo:
+        say(f"promote {name}/{arch}: the embedded default's demo trust policy ({policies.sources})")
+    project = project_settings(cfg)
+    cand = rec.candidate(cfg.ref(name, arch))
+    bundle = attest.load_candidate_bundle(rec)
+    external: list[Any] = []
+    if cfg.gate.source != "local":  # approvals are read again from their source, never taken from the record
+        from edgeci.approvals import SourceContext, gather
+        from edgeci.target import blueprint_file, work_dir
+
+        ctx = SourceContext(cfg, work_dir(cfg, name, arch), blueprint_file(cfg, name, rec.get("blueprint")),
+                            options={"approver": None})
+        external = [a for a in gather(cfg.gate.source, ctx, cand).approvals if a.status != "rejected"]
+    from edgeci.production import ProdSettings, read_production
+
+    first = read_production(ProdSettings.from_config(cfg), cand.ref).production.commit is None
+    results, diffs = attest.verify(policies, bundle, cand.checksum, project=project, external_approvals=external,
+                                   first_release=first)
+    for line in diffs:
+        warn(f"promote {name}/{arch}: {line}")
+    for r in results:
+        for line in r.lines():
+            say(f"promote {name}/{arch}: evidence {line}")
+    failure = attest.first_failure(results)
+    if failure is not None:
+        raise failure
+    required = max(effective(p, project)[0].approvals_required for p in policies.policies)
+    return policies, bundle, results, required
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from edgeci.errors import PromotionError
+    from edgeci import attest
+    from edgeci.errors import ConfigError, EdgeCIError
     from edgeci.junit import Case, Outcome, write_junit
     from edgeci.production import ProdSettings
     from edgeci.promotion import plan, promote
     from edgeci.record import FAILED
     from edgeci.target import load_record, target
+    from edgeci.trust import project_settings
     from edgeci.ui import say, step_printer
 
     name, arch = target(cfg, args)
@@ -90,6 +136,31 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     settings = ProdSettings.from_config(cfg)
     if args.source:
         settings.source = args.source
+
+    def failed(e: EdgeCIError, case: str) -> None:
+        write_junit(cfg.reports_dir, "promote", name, arch,
+                    [Case(case, Outcome.FAILED if e.exit_code == 1 else Outcome.ERROR, e.render())])
+        rec.set("promote", {"repo": str(settings.repo), "ref": req.ref, "checksum": req.checksum,
+                            "error": e.render()}, status=FAILED)
+        rec.save()
+
+    try:
+        policies, bundle, results, required = verify_evidence(cfg, args, rec, name, arch)
+        key, home = attest.production_key(policies)
+        if key:
+            settings.gpg_key, settings.gpg_homedir = key, home
+        if attest.signing_required(policies, project_settings(cfg)) and not settings.gpg_key:
+            raise ConfigError("the trust policy requires a signed production, but no production GPG key is set",
+                              where=policies.sources,
+                              fix="set production.gpg_key (and gpg_homedir) in the trust policy")
+    except EdgeCIError as e:
+        failed(e, "evidence")
+        raise
+    # The gate step of the transaction sees what the evidence proved, not what the record says.
+    approvers = [a.approver for a in results[0].approvals]
+    req.gate = {"checksum": req.checksum, "decision": "approved", "status": "passed",
+                "approvals": [{"user": u, "checksum": req.checksum} for u in approvers]}
+    req.approvals_required = required
     if args.dry_run:
         say(f"plan for promoting {name} {arch} {req.checksum} to {settings.repo} ({req.ref}):")
         for line in plan(settings, req):
@@ -98,18 +169,19 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     started = time.monotonic()
     try:
         result = promote(settings, req, on_step=step_printer("promote"), fetch_image=image_fetcher(cfg))
-    except PromotionError as e:
-        write_junit(cfg.reports_dir, "promote", name, arch,
-                    [Case("promotion", Outcome.FAILED if e.exit_code == 1 else Outcome.ERROR, e.render())])
-        rec.set("promote", {"repo": str(settings.repo), "ref": req.ref, "checksum": req.checksum,
-                            "error": e.render()}, status=FAILED)
-        rec.save()
+        published = attest.publish(settings.repo, bundle)
+    except EdgeCIError as e:
+        failed(e, "promotion")
         raise
     cases = [Case(st.name, Outcome.PASSED, "", st.detail, st.seconds) for st in result.steps]
+    cases.append(Case("evidence", Outcome.PASSED, "", "\n".join(line for r in results for line in r.lines())))
     write_junit(cfg.reports_dir, "promote", name, arch, cases)
-    rec.set("promote", result.as_record())
+    section = result.as_record()
+    section["evidence"] = {"published": str(published), "approvers": approvers,
+                           "policies": [p.source for p in policies.policies]}
+    rec.set("promote", section)
     rec.save()
     verb = "already in production" if result.noop else "promoted"
     say(f"{verb}: {name} {result.version} {result.checksum} on {result.ref} in {result.repo} "
-        f"({time.monotonic() - started:.1f}s)")
+        f"({time.monotonic() - started:.1f}s); evidence {published}")
     return 0
