@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import http.server
 import statistics
 import subprocess
 import threading
@@ -12,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from edgeci.reposerver import RepoHandler
+from edgeci.reposerver import RepoHandler, Server
 
 
 def timed(fn: Callable[[], object], runs: int = 1) -> list[float]:
@@ -40,6 +39,9 @@ def result(name: str, value: float, target: float, unit: str, *, lower_is_better
 
 
 class _CountingHandler(RepoHandler):
+    """edgeci's repo handler (what stage and production serve), quiet, counting the bytes of files sent.
+    The tests' tests/fixtures/httpserver.py RepoHTTPServer does the same; bench runs without tests/ on its path."""
+
     counter: list[int]
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
@@ -53,12 +55,11 @@ class _CountingHandler(RepoHandler):
 
 @contextmanager
 def serve(directory: Path) -> Iterator[tuple[str, list[int]]]:
-    """Serve `directory` on 127.0.0.1; yields (base URL, [bytes sent so far])."""
+    """Serve `directory` on 127.0.0.1 as edgeci.reposerver does; yields (base URL, [bytes sent so far])."""
     counter = [0]
     handler = type("H", (_CountingHandler,), {"counter": counter})
-    # ostree opens several connections at once: the default backlog of 5 turns the rest into 1 s SYN retries
-    server_cls = type("Server", (http.server.ThreadingHTTPServer,), {"request_queue_size": 128})
-    httpd = server_cls(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    httpd = Server(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))  # backlog 128 for ostree
+    httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

@@ -156,12 +156,12 @@ def test_registry_500_then_ok_is_retried_and_one_that_stays_500_exits_2(
 
 def test_a_stage_serving_an_older_commit_exits_1_naming_both_checksums(
         drill_project: DrillProject, drill_release: DrillRelease) -> None:
-    from tests.fixtures.promote import promote_serve
+    from tests.fixtures.httpserver import serve_directory
 
     p = drill_project
     before = p.prod()
     # A stage host whose container still serves the previous release (podman auto-update did not run).
-    with promote_serve(p.prod_repo) as url:
+    with serve_directory(p.prod_repo) as url:
         r = p.cli("run", BP, *SYSROOT, "--set", "stage.mode=wait", "--set", f"stage.url={url}",
                   "--set", "stage.wait_deadline=1.5", "--set", "stage.wait_interval=0.2")
     assert r.rc == 1, r

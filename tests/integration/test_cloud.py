@@ -18,7 +18,8 @@ from edgeci.composer.cloud import CloudComposer
 from edgeci.config import Config, load_config
 from edgeci.errors import ComposerError, ConfigError
 from tests.fixtures.cloud_server import CloudBehaviour, CloudServer, running_cloud_server
-from tests.fixtures.weldr_server import REF, EdgeArtifacts, serve_directory
+from tests.fixtures.httpserver import serve_directory
+from tests.fixtures.weldr_server import REF, EdgeArtifacts
 
 TOML = """name = "gateway"
 version = "1.0.1"

@@ -112,7 +112,7 @@ def test_cloud_result_version_and_a_requested_parent_are_honoured(
 def test_a_url_without_the_ref_fails_the_request_like_composer(open_cloud: CloudServer, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    from tests.fixtures.weldr_server import serve_directory
+    from tests.fixtures.httpserver import serve_directory
 
     with serve_directory(empty) as url:
         r = requests.post(f"{open_cloud.base}/compose", json=body(ostree={"ref": REF, "url": url}), timeout=10)

@@ -30,14 +30,8 @@ from edgeci.config import Config, load_config
 from edgeci.errors import ComposerError
 from edgeci.tools.run import run, which
 from edgeci.wait import WaitTimeout
-from tests.fixtures.weldr_server import (
-    REF,
-    Behaviour,
-    EdgeArtifacts,
-    WeldrServer,
-    running_weldr_server,
-    serve_directory,
-)
+from tests.fixtures.httpserver import serve_directory
+from tests.fixtures.weldr_server import REF, Behaviour, EdgeArtifacts, WeldrServer, running_weldr_server
 
 TOML = """name = "gateway"
 description = "edge gateway"
@@ -604,24 +598,15 @@ def test_upload_profile_is_sent_with_the_compose(weldr_server: WeldrServer, tmp_
 
 
 def test_weldr_over_tcp_url(weldr_artifacts: EdgeArtifacts, tmp_path: Path) -> None:
-    import http.server
-    import threading
-
-    from tests.fixtures.weldr_server import _make_handler
-
     srv = WeldrServer(tmp_path / "unused.socket", weldr_artifacts)
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(srv))
-    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    t.start()
+    url = srv.serve_tcp()
     try:
         cfg = load_config(env={}, root=tmp_path, overrides={
-            "composer.url": f"http://127.0.0.1:{httpd.server_address[1]}", "composer.poll_interval": "0.01"})
+            "composer.url": url, "composer.poll_interval": "0.01"})
         c = WeldrComposer(cfg)
         c.push_blueprint("gateway", TOML)
         cid = c.start(request())
         assert c.wait(cid).state is ComposeState.FINISHED
         assert c.result(cid, request(), tmp_path / "out").commit == weldr_artifacts.commit
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        t.join(timeout=10)
+        srv.stop()
