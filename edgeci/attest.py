@@ -114,6 +114,7 @@ def _subjects(rec: BuildRecord, default_ref: str) -> tuple[str, list[Any]]:
 
 def sign_compose(rec: BuildRecord, default_ref: str, *, blueprint_path: str, blueprint_sha256: str,
                  checks_path: str, checks_sha256: str, change_authors: Sequence[str], key: Any,
+                 variables: Mapping[str, str] | None = None, authors_unknown: str = "",
                  env: Mapping[str, str] | None = None) -> Path:
     """The compose provenance (SLSA v1) of the record's candidate, signed; starts the candidate's bundle."""
     from edgeci.evidence import ComposeProvenance, sign
@@ -127,7 +128,9 @@ def sign_compose(rec: BuildRecord, default_ref: str, *, blueprint_path: str, blu
         ref=rec.ref(default_ref), version=str(bp.get("version") or ""),
         composer_backend=str(compose.get("backend") or ""), compose_id=str(compose.get("id") or ""),
         parent=str(compose.get("parent") or ""), checks_path=checks_path, checks_sha256=checks_sha256,
-        change_authors=tuple(sorted({a for a in change_authors if a})), builder_id=job, invocation_id=inv,
+        change_authors=tuple(sorted({a for a in change_authors if a})), authors_unknown=authors_unknown,
+        variables=dict(variables or {}),
+        builder_id=job, invocation_id=inv,
         finished_on=now_iso())
     from edgeci.evidence import subjects
 
@@ -136,15 +139,16 @@ def sign_compose(rec: BuildRecord, default_ref: str, *, blueprint_path: str, blu
 
 
 def compose_evidence(cfg: Config, rec: BuildRecord, name: str, arch: str, *, blueprint_file: Path,
-                     checks_file: Path | None, key: Any) -> Path:
-    """Sign the compose of the record's candidate: the blueprint and checks file as built (path relative to
-    the project, sha256), and every change author the gate will refuse as an approver."""
-    from edgeci.approvals import local_source
+                     checks_file: Path | None, key: Any, variables: Mapping[str, str] | None = None) -> Path:
+    """Sign the compose of the record's candidate: the blueprint (a template, when it has ${VAR}s) and checks
+    file as built (path relative to the project, sha256), each template variable by the sha256 of its value
+    (never the value), and every change author the gate will refuse as an approver."""
+    from edgeci.approvals import SourceContext, gather
     from edgeci.oci import sha256_file
 
-    people, _ = local_source.git_people(blueprint_file)
-    people += local_source.env_people(os.environ)
-    authors = [i for person in people for i in person.identities if i]
+    # the same people the gate refuses as approvers, by the same rule (approvals.gather)
+    found = gather("local", SourceContext(cfg, rec.path.parent, blueprint_file), rec.candidate(cfg.ref(name, arch)))
+    authors = [i for person in found.people for i in person.identities if i]
 
     def rel(path: Path) -> str:
         try:
@@ -155,7 +159,8 @@ def compose_evidence(cfg: Config, rec: BuildRecord, name: str, arch: str, *, blu
     checks = checks_file if checks_file is not None and checks_file.is_file() else None
     return sign_compose(rec, cfg.ref(name, arch), blueprint_path=rel(blueprint_file),
                         blueprint_sha256=sha256_file(blueprint_file), checks_path=rel(checks) if checks else "",
-                        checks_sha256=sha256_file(checks) if checks else "", change_authors=authors, key=key)
+                        checks_sha256=sha256_file(checks) if checks else "", change_authors=authors, key=key,
+                        variables=variables, authors_unknown=found.authors_unknown or "")
 
 
 def sign_boot_test(rec: BuildRecord, default_ref: str, *, checks_sha256: str, key: Any,

@@ -293,6 +293,11 @@ def _approvals(s: _Sorted, settings: Effective, checksum: str, provs: list[Compo
         return LinkResult(name, False, "the change's authors are unknown because the compose provenance did not "
                                        "verify, so no approval can be counted", "fix the compose-provenance link"), \
             list(counted.values()), not_counted
+    unknown = next((p.authors_unknown for p in provs if p.authors_unknown), "")
+    if unknown:  # unknown authorship denies: anyone might be approving their own change
+        return LinkResult(name, False, f"the change's authors are unknown ({unknown}), so no approval can be "
+                                       "counted", "compose from a full git clone of committed blueprint files"), \
+            [], not_counted
     if vetoes:
         return LinkResult(name, False, "; ".join(vetoes), "address the rejection, then ask for approval again"), \
             list(counted.values()), not_counted

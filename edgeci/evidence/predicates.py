@@ -81,6 +81,8 @@ class ComposeProvenance(_Predicate):
     checks_path: str = ""
     checks_sha256: str = ""
     change_authors: tuple[str, ...] = ()
+    authors_unknown: str = ""  # why the change's authors could not be determined ("" when they could)
+    variables: Mapping[str, str] = field(default_factory=dict)  # template variable -> sha256 of its value
     git_repository: str = ""
     builder_id: str = "local"  # the CI job URL, or "local"
     invocation_id: str = ""  # the CI pipeline/build id
@@ -93,10 +95,14 @@ class ComposeProvenance(_Predicate):
             "git_commit": self.git_commit,
             "change_authors": list(self.change_authors),
         }
+        if self.authors_unknown:
+            external["authors_unknown"] = self.authors_unknown
         if self.checks_path or self.checks_sha256:
             external["checks"] = {"path": self.checks_path, "sha256": self.checks_sha256}
         if self.git_repository:
             external["git_repository"] = self.git_repository
+        if self.variables:
+            external["variables"] = {k: {"sha256": v} for k, v in sorted(self.variables.items())}
         internal = {
             "composer_backend": self.composer_backend,
             "compose_id": self.compose_id,
@@ -150,12 +156,23 @@ class ComposeProvenance(_Predicate):
             checks_path=_str(checks, "path", "externalParameters.checks", required=False),
             checks_sha256=_str(checks, "sha256", "externalParameters.checks", required=False),
             change_authors=_strs(ext, "change_authors", "externalParameters"),
+            authors_unknown=_str(ext, "authors_unknown", "externalParameters", required=False),
+            variables=_variables(ext),
             git_repository=_str(ext, "git_repository", "externalParameters", required=False),
             builder_id=_str(builder, "id", "runDetails.builder"),
             invocation_id=_str(meta, "invocationId", "runDetails.metadata", required=False),
             started_on=_str(meta, "startedOn", "runDetails.metadata", required=False),
             finished_on=_str(meta, "finishedOn", "runDetails.metadata", required=False),
         )
+
+
+def _variables(ext: Mapping[str, Any]) -> dict[str, str]:
+    raw = _obj(ext.get("variables", {}), "externalParameters.variables")
+    out = {}
+    for name, value in raw.items():
+        digest = _obj(value, f"externalParameters.variables.{name}")
+        out[str(name)] = _str(digest, "sha256", f"externalParameters.variables.{name}")
+    return out
 
 
 @dataclass(frozen=True)

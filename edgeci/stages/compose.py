@@ -255,14 +255,18 @@ def _compose(args: argparse.Namespace, cfg: Config, name: str, arch: str, path: 
                             "url": request.url}
 
     if status.state is not ComposeState.FINISHED:
+        from edgeci.composer.base import compose_failed, save_compose_log
+
         logs = composer.logs(compose_id)
-        message = f"compose {compose_id} {status.state.value}" + (f": {status.detail}" if status.detail else "")
+        log_path = save_compose_log(compose_id, logs, dest)
         rec.set("compose", {**base, "artifact": "", "artifact_sha256": "", "commit": "", "parent": request.parent,
-                            "packages": [], "warnings": []}, status=FAILED)
+                            "packages": [], "warnings": [], "log": _display(cfg, log_path)}, status=FAILED)
         rec.save()
+        report = write_junit(cfg.reports_dir, "compose", name, arch, [Case("compose", Outcome.FAILED, "", "")])
+        failure = compose_failed(status, logs, log_path, report)
         write_junit(cfg.reports_dir, "compose", name, arch,
-                    [Case("compose", Outcome.FAILED, message, logs or message, seconds)])
-        error(message)
+                    [Case("compose", Outcome.FAILED, failure.message, logs or failure.message, seconds)])
+        error(str(failure))
         return 1
 
     artifact = composer.download(compose_id, dest)
@@ -273,9 +277,10 @@ def _compose(args: argparse.Namespace, cfg: Config, name: str, arch: str, path: 
         warn(w)
     section = {**base, "artifact": _display(cfg, artifact), "artifact_sha256": sha, "commit": info.get("commit", ""),
                "parent": info.get("parent", request.parent), "packages": info.get("packages", []),
-               "warnings": warnings}
+               "warnings": warnings, "version": str(info.get("version") or bp.version)}
     rec.set("compose", section)
     rec.save()
+    _sign(cfg, rec, name, arch, path, rendered.variables)
     output = "\n".join([f"commit {section['commit']}", f"ref {request.ref}",
                         f"parent {section['parent'] or '(none)'}", f"artifact {artifact} sha256 {sha}",
                         f"blueprint {bp_section['path']} sha256 {bp.sha256}",
@@ -289,3 +294,20 @@ def _compose(args: argparse.Namespace, cfg: Config, name: str, arch: str, path: 
     say(f"artifact {section['artifact']}")
     say(f"record {rec.path}; report {report}")
     return 0
+
+
+def _sign(cfg: Config, rec: BuildRecord, name: str, arch: str, blueprint: Path, variables: dict[str, str]) -> None:
+    """Signed provenance of this compose (EDGECI_COMPOSE_KEY): the first link of the evidence production checks."""
+    from edgeci.attest import compose_evidence, signing_key
+    from edgeci.evidence import env_var
+    from edgeci.ui import say, warn
+
+    key = signing_key("compose", cfg)
+    if key is None:
+        warn(f"compose {name}/{arch}: {env_var('compose')} is not set: no signed provenance, and production will "
+             "not accept this candidate")
+        return
+    checks = blueprint.with_name(f"{blueprint.stem}.checks.yaml")
+    bundle = compose_evidence(cfg, rec, name, arch, blueprint_file=blueprint, checks_file=checks, key=key,
+                              variables=variables)
+    say(f"compose {name}/{arch}: signed the provenance with the compose key {key.public.label} -> {bundle}")
