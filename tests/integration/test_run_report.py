@@ -14,6 +14,7 @@ import pytest
 
 from edgeci.tools import ostree
 from tests.fixtures.composed import composed_blueprints_dir, edgeci_cli
+from tests.fixtures.promote import alive as _alive
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +31,6 @@ def _git(project: Path, *args: str) -> None:
 
 def _record(project: Path) -> dict:
     return json.loads((project / "build/gateway/x86_64/record.json").read_text())["sections"]
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 @pytest.fixture(scope="module")

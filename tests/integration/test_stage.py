@@ -24,6 +24,7 @@ from edgeci.reposerver import RepoServer, server_info, serving
 from edgeci.stagehost import fetch_ref
 from edgeci.tools import ostree
 from edgeci.tools.run import have
+from tests.fixtures.promote import alive
 from tests.fixtures.registry import EdgeProject, Registry, free_port, make_edge_project
 
 
@@ -37,14 +38,6 @@ def pull(tmp: Path, url: str, ref: str) -> str:
     assert checksum is not None
     ostree.fsck(client)
     return checksum
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_serve_then_a_real_ostree_pull_gets_the_commit_then_stop(edge_project: EdgeProject, tmp_path: Path) -> None:
