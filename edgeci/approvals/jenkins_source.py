@@ -1,9 +1,11 @@
 """Jenkins as the approval source, through jenkinsapi (imported lazily: pip install 'edgeci[jenkins]').
 
-The pipeline's `input` step (submitter: the allowed users/groups, submitterParameter: 'APPROVER') returns
-who approved; the pipeline passes it with `edgeci gate --source jenkins --approver "$APPROVER"`. edgeci
-checks it against the policy, reads the build's causes (who triggered it) and change sets (who wrote the
-change) through the build API, and the inputs still waiting through /job/X/N/wfapi/pendingInputActions.
+Who approved comes from Jenkins itself: the pipeline's `input` step (its submitter list set by the shared
+library's configuration, not by the built branch) records the user who answered it on the run, as an
+ApproverAction whose userId the build API exports (GET /job/X/N/api/json: actions[].userId). edgeci reads
+it back at the gate and again at promotion; a name passed with --approver counts only when Jenkins recorded
+that user as an approver of this build. edgeci also reads the build's causes (who triggered it) and change
+sets (who wrote the change), and the inputs still waiting through /job/X/N/wfapi/pendingInputActions.
 Token: EDGECI_JENKINS_TOKEN with gate.jenkins.user.
 
 Binding rule: the input message shows "edgeci-approve <checksum>" and the pipeline passes that same
@@ -30,6 +32,18 @@ if TYPE_CHECKING:
     from edgeci.record import Candidate
 
 CHECKSUM_PARAMETER = "EDGECI_CHECKSUM"
+APPROVER_ACTION = "org.jenkinsci.plugins.workflow.support.steps.input.ApproverAction"
+
+
+def recorded_approvers(data: Mapping[str, Any]) -> list[str]:
+    """The users Jenkins recorded as having answered the build's input steps, in order, once each."""
+    out: list[str] = []
+    for action in data.get("actions") or []:
+        if isinstance(action, Mapping) and action.get("_class") == APPROVER_ACTION and action.get("userId"):
+            user = str(action["userId"])
+            if user not in out:
+                out.append(user)
+    return out
 
 
 def _import_jenkinsapi() -> Any:
@@ -103,12 +117,16 @@ def collect(cfg: Any, checksum: str, *, approver: str | None = None, approved_ch
     for p in pending:
         ev.pending.append(f"Jenkins input '{p.get('message', '')}' ({p.get('id', '?')}) of {job} #{number}")
 
-    if approver:
-        named = (approved_checksum or env.get("EDGECI_APPROVED_CHECKSUM", "")
-                 or str(params.get(CHECKSUM_PARAMETER, ""))).strip().lower()
-        groups: frozenset[str] | None = None if cfg.gate.allowed_groups else frozenset()
+    recorded = recorded_approvers(data)
+    if approver and approver not in recorded:
+        ev.notes.append(f"--approver {approver}: Jenkins recorded no input of {job} #{number} answered by this "
+                        "user: not counted")
+    named = (approved_checksum or env.get("EDGECI_APPROVED_CHECKSUM", "")
+             or str(params.get(CHECKSUM_PARAMETER, ""))).strip().lower()
+    groups: frozenset[str] | None = None if cfg.gate.allowed_groups else frozenset()
+    for user in recorded:
         ev.approvals.append(Approval(
-            user=approver, checksum=named, time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            user=user, checksum=named, time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             source=f"jenkins input {job} #{number}", groups=groups))
     return ev
 

@@ -26,7 +26,8 @@ JENKINSFILE = ROOT / "Jenkinsfile"
 LIBRARY = ROOT / "pipelines" / "jenkins" / "vars" / "edgePipeline.groovy"
 JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
 CHECKSUM_GATEWAY, CHECKSUM_KIOSK = "1" * 64, "2" * 64
-BROKEN_FROM, BROKEN_TO = "milestone(label: 'promote')", "milestone(label: 'promote'))"
+BROKEN_FROM, BROKEN_TO = "milestone(ordinal: 2, label: 'promote')", "milestone(ordinal: 2, label: 'promote'))"
+SETTINGS = ROOT / "pipelines" / "jenkins" / "resources" / "edgeci" / "settings.properties"
 
 HARNESS = r'''import groovy.json.JsonOutput
 import org.codehaus.groovy.control.CompilationUnit
@@ -54,7 +55,7 @@ class Recorder {
     List events = []
     Map env = [:]
     Closure library
-    String approver = 'alice-approver'
+    File resources
 
     static String show(Object o) {
         if (o instanceof Closure) return '{closure}'
@@ -80,7 +81,9 @@ class Recorder {
         if (name == 'edgePipeline') return library.call(*args)
         Map node = record(name, args)
         Object result = null
-        if (name == 'sh') {
+        if (name == 'libraryResource') {
+            result = new File(resources, String.valueOf(args[0])).text  // the library's resources/ directory
+        } else if (name == 'sh') {
             Map opts = args[0] instanceof Map ? args[0] : [script: args[0]]
             if (opts.returnStdout) {
                 result = Canned.STDOUT.find { k, v -> opts.script.contains(k) }?.value ?: ''
@@ -101,7 +104,7 @@ class Recorder {
         }
         if (name == 'input') {
             Map param = node.children.find { it.name == 'submitterParameter' }
-            if (param) env[param.args[0]] = approver  // what Jenkins does once someone approves
+            if (param) env[param.args[0]] = 'name-from-the-input'  // what Jenkins would hand the pipeline
         }
         if (name == 'expression') node.result = result
         if (name == 'withEnv') node.env = args[0].collect { String.valueOf(it) }
@@ -147,7 +150,9 @@ Map run(File jenkinsfile, File library, String variant) {
     boolean timer = variant == 'timer'
     def rec = new Recorder()
     Recorder.current = rec
+    rec.resources = new File(library.parentFile.parentFile, 'resources')
     rec.env.putAll([NODE_NAME: 'agent-1', WORKSPACE: '/ws/edge-images', GIT_PREVIOUS_SUCCESSFUL_COMMIT: 'a' * 40])
+    if (variant == 'branch') rec.env.BRANCH_NAME = 'feature-x'  // a multibranch job's other branch
     def build = new StubBuild(timer: timer, result: variant == 'unstable' ? 'UNSTABLE' : 'SUCCESS')
     def binding = new Binding([env: rec.env, params: [REBUILD_ALL: false], currentBuild: build,
                                none: 'none', any: 'any', scm: 'scm'])
@@ -160,16 +165,22 @@ Map run(File jenkinsfile, File library, String variant) {
     def shell = new GroovyShell(this.class.classLoader, binding, config)
     Script lib = shell.parse(library)
     rec.library = { Map cfg -> lib.invokeMethod('call', [cfg] as Object[]) }
-    shell.parse(jenkinsfile).run()
-    return [root: rec.root, events: rec.events, env: rec.env]
+    String failure = null
+    try {
+        shell.parse(jenkinsfile).run()
+    } catch (IllegalStateException e) {
+        failure = e.message
+    }
+    return [root: rec.root, events: rec.events, env: rec.env, error: failure]
 }
 
-// groovy harness.groovy JENKINSFILE LIBRARY BROKEN: one JVM for every check (each start costs ~1.5 s)
+// groovy harness.groovy JENKINSFILE LIBRARY BROKEN TAMPERED: one JVM for every check (each start costs ~1.5 s)
 File jenkinsfile = new File(args[0]), library = new File(args[1]), broken = new File(args[2])
 Map out = [checks: [jenkinsfile, library, broken].collect { syntax(it) }]
-for (String variant : ['push', 'timer', 'unstable']) {
+for (String variant : ['push', 'timer', 'unstable', 'branch']) {
     out[variant] = run(jenkinsfile, library, variant)
 }
+out['tampered'] = run(new File(args[3]), library, 'push')
 println JsonOutput.toJson(out)
 '''
 
@@ -186,7 +197,12 @@ def groovy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     broken = work / "edgePipeline-broken.groovy"
     broken.write_text(text.replace(BROKEN_FROM, BROKEN_TO, 1))
     env = {**os.environ, "JAVA_HOME": JAVA_HOME if Path(JAVA_HOME).is_dir() else os.environ.get("JAVA_HOME", "")}
-    r = subprocess.run([groovy, str(harness), str(JENKINSFILE), str(LIBRARY), str(broken)], capture_output=True,
+    # a branch that tries to choose its own approvers
+    tampered = work / "JenkinsfileTampered"
+    tampered.write_text(JENKINSFILE.read_text().replace("agentLabel: 'edgeci',", "agentLabel: 'edgeci', submitter: 'mallory',"))
+    assert "mallory" in tampered.read_text()
+    r = subprocess.run([groovy, str(harness), str(JENKINSFILE), str(LIBRARY), str(broken), str(tampered)],
+                       capture_output=True,
                        text=True, env=env, timeout=300, check=False)
     assert r.returncode == 0, f"groovy harness failed:\n{r.stderr[-4000:]}"
     data: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
@@ -266,7 +282,7 @@ def test_junit_in_every_stage_post_always(groovy_run: dict[str, Any], stage: str
     assert junit and junit[0]["args"] == [f"[allowEmptyResults: true, testResults: {reports}]"]
 
 
-def test_approval_input_has_submitter_and_submitter_parameter_on_no_agent(groovy_run: dict[str, Any]) -> None:
+def test_approval_input_has_the_library_submitter_on_no_agent(groovy_run: dict[str, Any]) -> None:
     approve = _stage(groovy_run["push"], "Approve")
     assert _children(approve, "agent")[0]["args"] == ["none"]
     (when,) = _children(approve, "when")
@@ -274,20 +290,26 @@ def test_approval_input_has_submitter_and_submitter_parameter_on_no_agent(groovy
     (inp,) = _children(approve, "input")
     fields = {c["name"]: c["args"] for c in inp["children"]}
     assert fields["id"] == ["Promote"]
-    assert fields["submitter"] == ["release-managers"]
-    assert fields["submitterParameter"] == ["APPROVER"]
+    assert fields["submitter"] == ["release-managers"]  # from the library's settings.properties
+    # issue 16: no name travels through the pipeline; the gate reads the approver back from Jenkins
+    assert "submitterParameter" not in fields
     # the approval names the exact commits it approves
     assert f"edgeci-approve {CHECKSUM_GATEWAY}  gateway/x86_64 1.0.1" in fields["message"][0]
     assert f"edgeci-approve {CHECKSUM_KIOSK}  kiosk/x86_64 2.0.0" in fields["message"][0]
     assert not list(_nodes(approve, "node")) and not list(_nodes(approve, "lock"))
 
 
-def test_milestone_and_lock_come_after_the_input_and_the_gate_gets_the_approver(groovy_run: dict[str, Any]) -> None:
+def test_milestones_around_the_input_and_the_gate_reads_the_approver_from_jenkins(
+        groovy_run: dict[str, Any]) -> None:
     run = groovy_run["push"]
     (inp,) = _events(run, "input")
-    (milestone,) = _events(run, "milestone")
+    ready, milestone = _events(run, "milestone")
     (lock,) = _events(run, "lock")
-    assert inp["index"] < milestone["index"] < lock["index"]
+    # candidate ready (older builds still building are aborted), then after the approval the milestone that
+    # aborts older builds still waiting (issue 16: builds are concurrent, no disableConcurrentBuilds)
+    assert ready["args"] == ["[ordinal: 1, label: candidate]"] and ready["stages"][-1] == "Boot test"
+    assert milestone["args"] == ["[ordinal: 2, label: promote]"]
+    assert ready["index"] < inp["index"] < milestone["index"] < lock["index"]
     assert milestone["stages"] == lock["stages"] == ["Promote"]
     assert lock["args"] == ["ostree-prod"]
     assert _children(_stage(run, "Promote"), "agent")[0]["children"][0]["args"] == ["ostree-prod"]
@@ -296,21 +318,23 @@ def test_milestone_and_lock_come_after_the_input_and_the_gate_gets_the_approver(
     gates = [n for n in _nodes(lock_node, "sh") if " gate " in n["args"][0]]
     promotes = [n for n in _nodes(lock_node, "sh") if " promote " in n["args"][0]]
     assert len(gates) == len(promotes) == 2  # both inside the lock
+    # issue 16: the approver comes from the build through the API, never from a name the pipeline passes
     assert gates[0]["args"][0] == ('python3 -m edgeci gate "$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH" '
-                                   '--source jenkins --approver "$EDGECI_APPROVER" '
+                                   '--source jenkins --build "$BUILD_NUMBER" '
                                    '--approved-checksum "$EDGECI_APPROVED_CHECKSUM"')
+    assert not any("APPROVER" in n["args"][0] for n in _nodes(run["root"], "sh"))
     envs = [n["env"] for n in _nodes(lock_node, "withEnv")]
     assert ["EDGECI_BLUEPRINT=gateway", "EDGECI_ARCH=x86_64", f"EDGECI_APPROVED_CHECKSUM={CHECKSUM_GATEWAY}"] in envs
-    assert run["env"]["EDGECI_APPROVER"] == "alice-approver"  # submitterParameter → env → gate --approver
-    # the records travel: stashed after the boot test, unstashed on the production agent
+    # the records and the signed evidence travel: stashed after the boot test, unstashed on the production agent
     assert [e["args"][0] for e in _events(run, "stash")] == [
-        "[name: edgeci-records, includes: build/*/*/record.json,reports/**, allowEmpty: true]"]
+        "[name: edgeci-records, includes: build/*/*/record.json,build/*/*/evidence.json,reports/**, allowEmpty: true]"]
 
 
 def test_triggers_options_and_changeset(groovy_run: dict[str, Any]) -> None:
     run = groovy_run["push"]
     assert [e["args"] for e in _events(run, "cron")] == [["H H 1 * *"]]
-    assert _events(run, "disableConcurrentBuilds") and _events(run, "skipStagesAfterUnstable")
+    # issue 16: a new candidate builds while an older one waits for approval
+    assert not _events(run, "disableConcurrentBuilds") and _events(run, "skipStagesAfterUnstable")
     candidates = _stage(run, "Candidates")
     (when,) = _children(candidates, "when")
     assert [n["args"] for n in _nodes(when, "changeset")] == [["blueprints/**"]]
@@ -339,3 +363,47 @@ def test_an_unstable_build_never_reaches_approval_or_promotion(groovy_run: dict[
         (all_of,) = _nodes(when, "allOf")
         assert all(c["name"] == "expression" for c in all_of["children"])
         assert all(c["result"] for c in all_of["children"]) is expected, variant
+
+
+def test_only_the_promote_branch_runs_the_monthly_rebuild_and_reaches_approval(groovy_run: dict[str, Any]) -> None:
+    branch = groovy_run["branch"]
+    assert [e["args"] for e in _events(branch, "cron")] == [[""]]  # an empty spec never fires
+    (when,) = _children(_stage(branch, "Approve"), "when")
+    (all_of,) = _nodes(when, "allOf")
+    assert not all(c["result"] for c in all_of["children"])
+
+
+@pytest.mark.parametrize(("stage", "credentials", "variable"), [
+    ("Compose", "edgeci-compose-key", "EDGECI_COMPOSE_KEY"),
+    ("Boot test", "edgeci-boot-test-key", "EDGECI_BOOT_TEST_KEY"),
+])
+def test_each_signing_key_is_bound_only_inside_its_stage(groovy_run: dict[str, Any], stage: str, credentials: str,
+                                                         variable: str) -> None:
+    run = groovy_run["push"]
+    bound = [e for e in _events(run, "file") if variable in e["args"][0]]
+    assert [e["args"][0] for e in bound] == [f"[credentialsId: {credentials}, variable: {variable}]"]
+    assert bound[0]["stages"][-1] == stage
+    (with_credentials,) = [n for n in _nodes(_stage(run, stage), "withCredentials")]
+    commands = [n["args"][0] for n in _nodes(with_credentials, "sh")]
+    wanted = "compose" if stage == "Compose" else "boot-test"
+    assert commands and all(f" {wanted} " in c for c in commands)  # only that stage's edgeci commands
+
+
+def test_registry_and_jenkins_credentials_are_bound_in_push_and_promote_only(groovy_run: dict[str, Any]) -> None:
+    run = groovy_run["push"]
+    pairs = {e["args"][0]: e["stages"][-1] for e in _events(run, "usernamePassword")}
+    assert pairs == {
+        "[credentialsId: edgeci-registry, usernameVariable: EDGECI_REGISTRY_USER, "
+        "passwordVariable: EDGECI_REGISTRY_PASSWORD]": "Push",
+        "[credentialsId: edgeci-jenkins-api, usernameVariable: EDGECI_JENKINS_USER, "
+        "passwordVariable: EDGECI_JENKINS_TOKEN]": "Promote"}
+
+
+def test_approvers_and_credentials_come_from_the_library_never_the_jenkinsfile(groovy_run: dict[str, Any]) -> None:
+    settings = dict(line.split("=", 1) for line in SETTINGS.read_text().splitlines()
+                    if line.strip() and not line.startswith("#"))
+    assert settings["submitter"] == "release-managers" and settings["promoteBranch"] == "main"
+    assert "submitter" not in JENKINSFILE.read_text()
+    tampered = groovy_run["tampered"]
+    assert tampered["error"] and "'submitter' comes from the library's configuration" in tampered["error"]
+    assert not list(_nodes(tampered["root"], "stage"))  # refused before the pipeline starts

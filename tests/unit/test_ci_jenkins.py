@@ -214,3 +214,31 @@ def test_targets_and_candidates_for_the_shared_library(git_repo: GitRepo, monkey
     assert capsys.readouterr().out == f"kiosk x86_64 {'c' * 64} 1.0.0\n"
     assert main(["jenkins", "candidates", "gateway/x86_64"]) == 2  # no record: one clear error
     assert "no build record" in capsys.readouterr().err
+
+
+def test_the_gate_reads_the_approver_back_from_the_build_never_from_a_name_it_is_given(
+        jenkins_server: FakeJenkins, jk_cli, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from edgeci.approvals.jenkins_source import collect
+    from edgeci.config import load_config
+
+    jenkins_server.add_job("edge-images", job_config_xml(JobSpec(repo=REPO)))
+    jenkins_server.add_build("edge-images", 7, _promote_input())
+    env = {"EDGECI_JENKINS_TOKEN": JENKINS_TOKENS["admin"]}  # the gate's own token: it reads, never answers
+    monkeypatch.setenv("EDGECI_JENKINS_TOKEN", JENKINS_TOKENS["admin"])
+    cfg = load_config(env=env, overrides={"gate.jenkins.url": jenkins_server.url, "gate.jenkins.job": "edge-images",
+                                          "gate.jenkins.user": "admin"})
+    checksum = "a" * 64
+    # waiting: nobody approved, and a name passed on the command line is not an approval
+    ev = collect(cfg, checksum, approver="mallory", approved_checksum=checksum, build=7, env=env)
+    assert ev.approvals == [] and ev.pending
+    assert any("--approver mallory: Jenkins recorded no input" in n for n in ev.notes)
+    # alice (in release-managers, the input's submitter) answers it; Jenkins records her on the build
+    rc, out = jk_cli("alice", "approve", "7")
+    assert rc == 0, out
+    monkeypatch.setenv("EDGECI_JENKINS_TOKEN", JENKINS_TOKENS["admin"])
+    ev = collect(cfg, checksum, approved_checksum=checksum, build=7, env=env)
+    assert [(a.user, a.checksum) for a in ev.approvals] == [("alice", checksum)] and not ev.pending
+    # read through the build API, the ApproverAction Jenkins exports with the user id
+    assert any(r.path == "/job/edge-images/7/api/python" for r in jenkins_server.log)
+    ev = collect(cfg, checksum, approver="mallory", approved_checksum=checksum, build=7, env=env)
+    assert [a.user for a in ev.approvals] == ["alice"]

@@ -6,39 +6,54 @@
  *   edgePipeline(agentLabel: 'edgeci', prodLabel: 'ostree-prod', submitter: 'release-managers')
  *
  * Plan → Lint → Compose → Push → Stage → Boot test on the build agent, for the blueprints the push
- * changed (every blueprint on the monthly timer build); then Approve (an `input` on no agent, so no
- * executor is held while people decide) and Promote on the production host, where the milestone and
- * the lock on the production repository are taken only after the approval. A failed or UNSTABLE
- * build never reaches Approve. See pipelines/jenkins/README.md.
+ * changed (every blueprint on the monthly timer build of the promote branch); then Approve (an `input`
+ * on no agent, so no executor is held while people decide) and Promote on the production host, where
+ * the last milestone and the lock on the production repository are taken only after the approval.
+ * Builds run concurrently: a newer candidate builds while an older one waits, and the milestones retire
+ * the older wait once a newer candidate is approved. A failed or UNSTABLE build never reaches Approve.
+ *
+ * Who may approve, which branch promotes, the production agent and the credential ids are the library's
+ * configuration (resources/edgeci/settings.properties of the library version the controller or the
+ * folder pins), never the built branch's Jenkinsfile: passing one of them to edgePipeline is an error.
+ * See pipelines/jenkins/README.md.
  */
 
+/** Settings only the library's configuration may set (resources/edgeci/settings.properties). */
+List librarySettingNames() {
+    return ['submitter', 'promoteBranch', 'prodLabel', 'lockResource', 'jenkinsCredentials',
+            'composeKeyCredentials', 'bootTestKeyCredentials', 'registryCredentials']
+}
+
 def call(Map config = [:]) {
+    for (String key : config.keySet()) {
+        if (librarySettingNames().contains(key)) {
+            error("edgePipeline: '${key}' comes from the library's configuration (resources/edgeci/settings.properties" +
+                  " of the library the controller or folder pins), not from the Jenkinsfile")
+        }
+    }
+    Map settings = librarySettings()
     Map cfg = [
         edgeci              : 'edgeci',            // how to run edgeci on the agents, e.g. 'python3 -m edgeci'
         agentLabel          : 'edgeci',            // build agents: ostree, skopeo, qemu
-        prodLabel           : 'ostree-prod',       // the agent that can write the production repository
-        submitter           : 'release-managers',  // users/groups allowed to approve (comma-separated)
-        lockResource        : 'ostree-prod',       // lockable resource serialising promotions
-        promoteBranch       : 'main',              // multibranch: only this branch promotes
-        cron                : 'H H 1 * *',         // monthly rebuild of every blueprint
+        cron                : 'H H 1 * *',         // monthly rebuild of every blueprint (promote branch only)
         stageAction         : 'serve',             // 'serve' (edgeci serves the stage) or 'wait' (stage host)
-        jenkinsCredentials  : '',                  // username/API-token credentials the gate reads the build with
         approvalTimeoutHours: 72,
         keepBuilds          : '50',
-    ] + config
+    ] + config + settings
+    // multibranch: only the promote branch runs the monthly rebuild and reaches Approve
+    boolean promoteBranch = env.BRANCH_NAME == null || env.BRANCH_NAME == cfg.promoteBranch
     List targets = []  // [[blueprint: 'gateway', arch: 'x86_64'], …], decided by the Plan stage
 
     pipeline {
         agent none
         options {
-            // One build of this branch at a time; a new push queues behind a build waiting for approval
-            // (which times out after approvalTimeoutHours), and the queue collapses to the newest push.
-            disableConcurrentBuilds()
+            // No disableConcurrentBuilds(): a new push builds while an older candidate waits for approval;
+            // the milestones abort the older build once a newer one is approved.
             skipStagesAfterUnstable()
             buildDiscarder(logRotator(numToKeepStr: cfg.keepBuilds))
         }
         triggers {
-            cron(cfg.cron)
+            cron(promoteBranch ? cfg.cron : '')  // an empty spec schedules nothing: other branches never fire
         }
         parameters {
             booleanParam(name: 'REBUILD_ALL', defaultValue: false,
@@ -85,10 +100,13 @@ def call(Map config = [:]) {
                         when { expression { return !targets.isEmpty() } }
                         steps {
                             script {
-                                // on top of production (its ref tip), so candidates are updates of what runs
-                                eachTarget(targets) { t ->
-                                    sh "${cfg.edgeci} compose ${t.blueprint} --arch ${t.arch}" +
-                                       (t.parentUrl ? " --url '${t.parentUrl}'" : '') + env.EDGECI_REBUILD
+                                // the compose key signs the provenance: bound in this stage only
+                                withKeyFile(cfg.composeKeyCredentials, 'EDGECI_COMPOSE_KEY') {
+                                    // on top of production (its ref tip), so candidates are updates of what runs
+                                    eachTarget(targets) { t ->
+                                        sh "${cfg.edgeci} compose ${t.blueprint} --arch ${t.arch}" +
+                                           (t.parentUrl ? " --url '${t.parentUrl}'" : '') + env.EDGECI_REBUILD
+                                    }
                                 }
                             }
                         }
@@ -96,7 +114,13 @@ def call(Map config = [:]) {
                     }
                     stage('Push') {
                         when { expression { return !targets.isEmpty() } }
-                        steps { script { eachTarget(targets) { t -> sh "${cfg.edgeci} push ${t.blueprint} --arch ${t.arch}" } } }
+                        steps {
+                            script {
+                                withRegistryLogin(cfg.registryCredentials) {
+                                    eachTarget(targets) { t -> sh "${cfg.edgeci} push ${t.blueprint} --arch ${t.arch}" }
+                                }
+                            }
+                        }
                         post { always { junit(allowEmptyResults: true, testResults: 'reports/push-*.xml') } }
                     }
                     stage('Stage') {
@@ -117,19 +141,24 @@ def call(Map config = [:]) {
                         when { expression { return !targets.isEmpty() } }
                         steps {
                             script {
-                                eachTarget(targets) { t -> sh "${cfg.edgeci} boot-test ${t.blueprint} --arch ${t.arch}" }
+                                // the boot-test key signs the result: bound in this stage only
+                                withKeyFile(cfg.bootTestKeyCredentials, 'EDGECI_BOOT_TEST_KEY') {
+                                    eachTarget(targets) { t -> sh "${cfg.edgeci} boot-test ${t.blueprint} --arch ${t.arch}" }
+                                }
                                 // the exact commits the approval names, and the gate binds the approval to
                                 String out = sh(returnStdout: true,
                                                 script: "${cfg.edgeci} jenkins candidates ${targetArgs(targets)}")
                                 setCandidates(targets, out)
                             }
+                            // ready for approval: builds older than this one that are still building are aborted
+                            milestone(ordinal: 1, label: 'candidate')
                         }
                         post {
                             always {
                                 junit(allowEmptyResults: true, testResults: 'reports/boot-test-*.xml')
-                                // the build records travel to the production agent
-                                stash(name: 'edgeci-records', includes: 'build/*/*/record.json,reports/**', allowEmpty: true)
-                                archiveArtifacts(artifacts: 'build/*/*/record.json,reports/**', allowEmptyArchive: true)
+                                // the build records and the signed evidence travel to the production agent
+                                stash(name: 'edgeci-records', includes: records(), allowEmpty: true)
+                                archiveArtifacts(artifacts: records(), allowEmptyArchive: true)
                             }
                         }
                     }
@@ -142,7 +171,7 @@ def call(Map config = [:]) {
                     allOf {
                         expression { return !targets.isEmpty() }
                         expression { return currentBuild.currentResult == 'SUCCESS' }
-                        expression { return env.BRANCH_NAME == null || env.BRANCH_NAME == cfg.promoteBranch }
+                        expression { return promoteBranch }
                     }
                 }
                 options { timeout(time: cfg.approvalTimeoutHours, unit: 'HOURS') }
@@ -150,13 +179,14 @@ def call(Map config = [:]) {
                     id 'Promote'
                     message "Promote to production?\n${approvalText(targets)}"
                     ok 'Promote'
-                    submitter cfg.submitter
-                    submitterParameter 'APPROVER'
+                    submitter cfg.submitter  // the library's configuration, not the Jenkinsfile's
                 }
                 steps {
                     script {
-                        env.EDGECI_APPROVER = env.APPROVER  // the approver's user id, passed to `edgeci gate`
-                        echo "edgeci: approved by ${env.EDGECI_APPROVER} for ${describe(targets)}"
+                        // Jenkins records who answered the input on the build (ApproverAction); the gate reads
+                        // it back through the API: no name travels through this pipeline
+                        env.EDGECI_APPROVED = 'true'
+                        echo "edgeci: approved for ${describe(targets)}"
                     }
                 }
             }
@@ -167,13 +197,14 @@ def call(Map config = [:]) {
                     allOf {
                         expression { return !targets.isEmpty() }
                         expression { return currentBuild.currentResult == 'SUCCESS' }
-                        expression { return env.EDGECI_APPROVER != null }
+                        expression { return env.EDGECI_APPROVED == 'true' }
                     }
                 }
                 steps {
-                    // After the approval, in this order: an older build that gets here after a newer
-                    // one passed is aborted (no downgrade), then one promotion at a time.
-                    milestone(label: 'promote')
+                    // After the approval, in this order: older builds still waiting for approval, and an older
+                    // build that gets here after a newer one passed, are aborted (no downgrade); then one
+                    // promotion at a time.
+                    milestone(ordinal: 2, label: 'promote')
                     lock(cfg.lockResource) {
                         unstash 'edgeci-records'
                         script {
@@ -181,8 +212,9 @@ def call(Map config = [:]) {
                                 for (Map t : targets) {
                                     withEnv(["EDGECI_BLUEPRINT=${t.blueprint}", "EDGECI_ARCH=${t.arch}",
                                              "EDGECI_APPROVED_CHECKSUM=${t.checksum}"]) {
+                                        // the approver is read from this build through the Jenkins API
                                         sh "${cfg.edgeci} gate \"\$EDGECI_BLUEPRINT\" --arch \"\$EDGECI_ARCH\" --source jenkins" +
-                                           " --approver \"\$EDGECI_APPROVER\" --approved-checksum \"\$EDGECI_APPROVED_CHECKSUM\""
+                                           " --build \"\$BUILD_NUMBER\" --approved-checksum \"\$EDGECI_APPROVED_CHECKSUM\""
                                         sh "${cfg.edgeci} promote \"\$EDGECI_BLUEPRINT\" --arch \"\$EDGECI_ARCH\""
                                     }
                                 }
@@ -193,7 +225,7 @@ def call(Map config = [:]) {
                 post {
                     always {
                         junit(allowEmptyResults: true, testResults: 'reports/gate-*.xml,reports/promote-*.xml')
-                        archiveArtifacts(artifacts: 'build/*/*/record.json,reports/**', allowEmptyArchive: true)
+                        archiveArtifacts(artifacts: records(), allowEmptyArchive: true)
                     }
                 }
             }
@@ -214,6 +246,59 @@ def call(Map config = [:]) {
                 }
             }
         }
+    }
+}
+
+/** What travels from the build agent to the production agent: records, signed evidence, reports. */
+String records() {
+    return 'build/*/*/record.json,build/*/*/evidence.json,reports/**'
+}
+
+/** key=value lines of the library's resources/edgeci/settings.properties ('#' comments); unknown keys fail. */
+Map librarySettings() {
+    String text = libraryResource('edgeci/settings.properties')
+    Map out = [:]
+    for (String raw : text.readLines()) {
+        String line = raw.trim()
+        if (!line || line.startsWith('#')) {
+            continue
+        }
+        int eq = line.indexOf('=')
+        String key = eq > 0 ? line.substring(0, eq).trim() : ''
+        if (!librarySettingNames().contains(key)) {
+            error("edgeci: resources/edgeci/settings.properties: unknown or malformed line '${raw}'" +
+                  " (keys: ${librarySettingNames().join(', ')})")
+        }
+        out[key] = line.substring(eq + 1).trim()
+    }
+    for (String key : librarySettingNames()) {
+        if (!out.containsKey(key)) {
+            error("edgeci: resources/edgeci/settings.properties has no '${key}' (empty means none)")
+        }
+    }
+    return out
+}
+
+/** body() with the secret file credential bound to `variable` (its path), when a credential id is configured. */
+void withKeyFile(String credentialsId, String variable, Closure body) {
+    if (credentialsId) {
+        withCredentials([file(credentialsId: credentialsId, variable: variable)]) {
+            body()
+        }
+    } else {
+        body()
+    }
+}
+
+/** body() with EDGECI_REGISTRY_USER/EDGECI_REGISTRY_PASSWORD bound, when a credential id is configured. */
+void withRegistryLogin(String credentialsId, Closure body) {
+    if (credentialsId) {
+        withCredentials([usernamePassword(credentialsId: credentialsId, usernameVariable: 'EDGECI_REGISTRY_USER',
+                                          passwordVariable: 'EDGECI_REGISTRY_PASSWORD')]) {
+            body()
+        }
+    } else {
+        body()
     }
 }
 
