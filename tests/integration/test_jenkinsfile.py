@@ -199,7 +199,8 @@ def groovy_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {**os.environ, "JAVA_HOME": JAVA_HOME if Path(JAVA_HOME).is_dir() else os.environ.get("JAVA_HOME", "")}
     # a branch that tries to choose its own approvers
     tampered = work / "JenkinsfileTampered"
-    tampered.write_text(JENKINSFILE.read_text().replace("agentLabel: 'edgeci',", "agentLabel: 'edgeci', submitter: 'mallory',"))
+    tampered.write_text(JENKINSFILE.read_text().replace("agentLabel: 'edgeci',",
+                                                        "agentLabel: 'edgeci', submitter: 'mallory',"))
     assert "mallory" in tampered.read_text()
     r = subprocess.run([groovy, str(harness), str(JENKINSFILE), str(LIBRARY), str(broken), str(tampered)],
                        capture_output=True,
