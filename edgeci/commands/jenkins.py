@@ -1,10 +1,11 @@
-"""`edgeci jenkins job|approve|abort|targets`: Jenkins glue.
+"""`edgeci jenkins job|approve|abort|targets|candidates|lint`: Jenkins glue.
 
 job creates or updates (idempotently) the Pipeline job that runs the Jenkinsfile from git; approve
 and abort answer the build's pending `input` (the approver Jenkins records, and the pipeline passes to
 `edgeci gate --approver`, is the user authenticated with EDGECI_JENKINS_TOKEN); targets prints the
 "BLUEPRINT ARCH PARENT_URL" lines the shared library's Plan stage builds, and candidates the checksums its
-approval shows and binds (`edgeci gate --approved-checksum`).
+approval shows and binds (`edgeci gate --approved-checksum`); lint validates Declarative Pipeline files
+(edgeci.ci.declarative) as Jenkins does when a build starts.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("targets", nargs="*", metavar="BLUEPRINT/ARCH",
                    help="the targets (default: every build record)")
 
+    lint = sub.add_parser("lint", help="validate Declarative Pipeline files as Jenkins does when a build starts",
+                          description="Check the Declarative model (sections, directives, options, triggers, "
+                                      "parameters, when and post conditions) of Jenkinsfiles and shared-library "
+                                      "steps, without Jenkins.")
+    lint.add_argument("files", nargs="*", metavar="FILE", help="files to check (default: ./Jenkinsfile)")
+
     t = sub.add_parser("targets", help="print 'BLUEPRINT ARCH PARENT_URL' for each blueprint × arch to build "
                                        "(PARENT_URL: production, '-' for a first release)")
     t.add_argument("--base", metavar="REV", default=None,
@@ -68,6 +75,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     if args.action == "targets":
         return _targets(args, cfg)
+    if args.action == "lint":
+        return _lint(args)
     if args.action == "candidates":
         return _candidates(args, cfg)
 
@@ -102,6 +111,27 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     finally:
         client.close()
     return 0
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgeci.ci.declarative import JENKINS_GRAMMAR, validate_file
+    from edgeci.errors import ConfigError
+    from edgeci.ui import say
+
+    files = [Path(f) for f in args.files] or [Path("Jenkinsfile")]
+    findings = []
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(f"{f} is not a file", where=str(f), fix="give the Jenkinsfile or library step to check")
+        findings += validate_file(f)
+    for finding in findings:
+        say(finding.line_text())
+    count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
+    say(f"jenkins lint: {count}, " + (f"{len(findings)} finding(s)" if findings else "no findings")
+        + f" ({JENKINS_GRAMMAR})")
+    return 1 if findings else 0
 
 
 def _targets(args: argparse.Namespace, cfg: Config) -> int:
