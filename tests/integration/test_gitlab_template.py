@@ -258,3 +258,26 @@ def test_merge_request_pipeline_stops_after_boot_test_and_its_note_job_posts_onc
     assert note["body"].startswith(MR_NOTE_MARKER)
     assert f"| gateway | x86_64 | {project.gateway_version} |" in note["body"]
     assert (project.path / "reports" / "mr-summary.md").read_text() == note["body"]
+
+
+@pytest.mark.parametrize("mode", ["merge_request", "branch", "default_branch", "schedule"])
+def test_generated_child_pipelines_and_the_template_pass_gitlabs_schema(tmp_path: Path, mode: str) -> None:
+    from edgeci.ci.gitlab_setup import ChildOptions, Mode, Target, child_pipeline, render_yaml
+
+    checker = shutil.which("check-jsonschema")
+    assert checker, "check-jsonschema is not installed: pip install -e '.[test]'"
+    opts = ChildOptions(mode=Mode(mode), install="edgeci[gitlab]", mr_iid="7", commit_sha="0a1b2c3d",
+                        ref_slug="feature", parent_pipeline_id="9", forward={"EDGECI_NOTIFY": "ops"})
+    child = tmp_path / "child.yml"
+    child.write_text(render_yaml(child_pipeline([Target("gateway", "x86_64"), Target("kiosk", "x86_64")], opts)))
+    files = [child] + ([TEMPLATE, ROOT_CI] if mode == "schedule" else [])
+    r = subprocess.run([checker, "--builtin-schema", "vendor.gitlab-ci", *map(str, files)], capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # and the schema does reject what GitLab rejects: a retry condition GitLab does not know
+    bad = yaml.safe_load(child.read_text())
+    bad[next(k for k in bad if k.startswith("compose:"))]["retry"]["when"] = ["runner_on_fire"]
+    child.write_text(yaml.safe_dump(bad))
+    r = subprocess.run([checker, "--builtin-schema", "vendor.gitlab-ci", str(child)], capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert r.returncode == 1
