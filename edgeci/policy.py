@@ -103,6 +103,9 @@ class Evidence:
     # Why the change's authors cannot be determined ("" = they are known). Unknown authorship denies: no approval
     # counts, because any approver might be an author.
     authors_unknown: str = ""
+    # (required scenarios, accepted backends) from the gate settings the evidence was gathered under
+    # (approvals.gather: boot_requirements(cfg.gate)); evaluate() uses them unless given explicitly.
+    boot_requirements: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
 
 @dataclass
@@ -454,13 +457,19 @@ def evaluate(
     allow_fork: bool = False,
     windows: Sequence[str] = (),
     freeze: Sequence[str] = (),
-    required_scenarios: Sequence[str] = DEFAULT_SCENARIOS,
-    accepted_backends: Sequence[str] = DEFAULT_BACKENDS,
+    required_scenarios: Sequence[str] | None = None,
+    accepted_backends: Sequence[str] | None = None,
     now: datetime,
 ) -> Verdict:
     """Every rule, each with its reason, and the decision: approved, denied, or pending (not enough yet).
-    required_scenarios/accepted_backends default to production's strictest (see boot_requirements)."""
+    required_scenarios/accepted_backends: as given, else the evidence's boot_requirements, else production's
+    strictest (DEFAULT_SCENARIOS on DEFAULT_BACKENDS)."""
     checksum = candidate.checksum
+    from_settings = evidence.boot_requirements or (DEFAULT_SCENARIOS, DEFAULT_BACKENDS)
+    if required_scenarios is None:
+        required_scenarios = from_settings[0]
+    if accepted_backends is None:
+        accepted_backends = from_settings[1]
     rules = [
         check_stages(candidate),
         check_boot_coverage(candidate, production, required_scenarios, accepted_backends),

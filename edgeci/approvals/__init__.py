@@ -7,6 +7,7 @@ Add a source: a module with a class implementing ApprovalSource, registered in S
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from collections.abc import Mapping
@@ -106,4 +107,12 @@ def gather(name: str, ctx: SourceContext, candidate: Candidate) -> Evidence:
     evidence.people = people + evidence.people
     evidence.notes = notes + a.notes + evidence.notes
     evidence.authors_unknown = evidence.authors_unknown or a.unknown
+    gate = getattr(ctx.cfg, "gate", None)
+    if gate is not None and evidence.boot_requirements is None:
+        from edgeci.policy import boot_requirements
+
+        # the source that decides matters: `edgeci gate --source gitlab` is a production gate
+        gate_for = copy.copy(gate)
+        gate_for.source = name
+        evidence.boot_requirements = boot_requirements(gate_for)
     return evidence

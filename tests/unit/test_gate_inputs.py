@@ -282,3 +282,23 @@ def test_the_approver_sees_which_variables_changed_by_hash_only() -> None:
     assert policy.variables_diff(old, new) == ["+ CA_CERT (sha256 555555555555)", "~ CEPH_KEYRING sha256 "
                                                "111111111111 -> 444444444444", "- GONE (sha256 333333333333)"]
     assert policy.variables_diff(new, new) == []
+
+
+def test_gather_binds_the_evidence_to_the_gate_settings_of_its_source(git_repo: GitRepo) -> None:
+    from edgeci.approvals import SourceContext, gather
+    from edgeci.config import Config
+
+    bp = git_repo.write("blueprints/edge.toml", BP)
+    git_repo.commit("edge", env=DANA)
+    cfg = Config(root=git_repo.path)
+    local.write_approval(git_repo.path / "work", C, "zoe")
+    ev = gather("local", SourceContext(cfg, git_repo.path / "work", bp, env={}),
+                Candidate.from_sections(sections(backend="sysroot")))
+    assert [a.user for a in ev.approvals] == ["zoe"] and ev.authors_unknown == ""
+    assert ev.boot_requirements is not None and "sysroot" in ev.boot_requirements[1]
+    assert verdict(ev, sections(backend="sysroot")).decision == policy.APPROVED
+    assert "dana@example.com" in {i for p in ev.people for i in p.identities}
+    cfg.gate.accepted_backends = ["qemu"]
+    ev = gather("local", SourceContext(cfg, git_repo.path / "work", bp, env={}),
+                Candidate.from_sections(sections(backend="sysroot")))
+    assert verdict(ev, sections(backend="sysroot")).decision == policy.DENIED
