@@ -128,10 +128,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     g = cfg.gate
     now_env = os.environ.get("EDGECI_TEST_NOW")  # tests pin the clock for window/freeze rules
     now = datetime.fromisoformat(now_env) if now_env else datetime.now(UTC)
+    scenarios, backends = policy.boot_requirements(g)
     verdict = policy.evaluate(
         candidate, state.production, evidence, approvals_required=g.approvals_required,
         allowed_users=g.allowed_users, allowed_groups=g.allowed_groups, allow_fork=g.allow_fork,
-        windows=g.windows, freeze=g.freeze, now=now,
+        windows=g.windows, freeze=g.freeze, now=now, required_scenarios=scenarios, accepted_backends=backends,
     )
 
     shown = describe(cfg, rec, state, bp_path)

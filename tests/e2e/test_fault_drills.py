@@ -217,13 +217,14 @@ def test_a_failing_boot_check_exits_1_and_the_gate_refuses(drill_project: DrillP
     g = p.cli("gate", BP)
     assert g.rc == 1, g
     fails = [ln.split() for ln in g.out.splitlines() if ln.strip().startswith("FAIL")]
-    assert [f[1] for f in fails] == ["stages-passed"], g.out
+    assert [f[1] for f in fails] == ["stages-passed", "boot-test-coverage"], g.out
     assert "the boot-test stage failed for" in g.out
-    assert junit_failed(p.report("gate")) == ["stages-passed"]
+    assert junit_failed(p.report("gate")) == ["stages-passed", "boot-test-coverage"]
     _, message, _ = junit_problem(junit_case(p.report("gate"), "stages-passed", classname("gate")))
     assert "the boot-test stage failed" in message
     promote = p.cli("promote", BP)
-    assert promote.rc == 1 and "the gate denied" in promote.one_error(), promote
+    # promote reads the signed boot-test result, not the gate's record
+    assert promote.rc == 1 and "boot-test: " in promote.one_error() and "failed" in promote.one_error(), promote
     assert p.prod() == before
     assert_no_half_written(p)
 
@@ -259,8 +260,10 @@ def test_self_approval_is_denied_promote_refuses_and_production_is_unchanged(
 
     promote = p.cli("promote", BP)
     assert promote.rc == 1, promote
-    assert promote.one_error() == (f"edgeci: error: the gate denied {drill_release.new[:12]}. "
-                                   "See 'edgeci gate' for the rules that failed.")
+    # promote counts signed approvals itself: Dana's, the author's, does not count
+    error = promote.one_error()
+    assert error.startswith(f"edgeci: error: evidence for {drill_release.new[:12]}: approvals: 0 of 1 required"), error
+    assert "is an author of the change" in error
     assert p.prod() == before
 
     # converges: a reviewer approves, the pipeline resumes and promotes exactly the boot-tested commit
@@ -392,7 +395,8 @@ def test_canary_credentials_appear_in_no_output_report_record_or_log(
     r = p.cli("--debug", "gate", BP, "--source", "gitlab", env={"CI_JOB_ID": "555"})
     assert r.rc == 0 and "gate approved" in r.out, r
     assert gl.requests
-    jk.add_build(job, 12, triggered_by=("dev", "Dev Eloper"))
+    build = jk.add_build(job, 12, triggered_by=("dev", "Dev Eloper"))
+    build.outcomes.append({"input": "Promote", "action": "proceedEmpty", "user": "carol", "parameters": {}})
     r = p.cli("--debug", "gate", BP, "--source", "jenkins", "--approver", "carol", "--approved-checksum", checksum,
               "--build", "12")
     assert r.rc == 0 and "gate approved" in r.out, r

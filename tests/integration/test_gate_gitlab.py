@@ -49,7 +49,7 @@ def test_deployment_approval_naming_the_checksum_approves_and_promotes(
     # the deployment was found through the list (paginated) and read in full
     assert f"/api/v4/projects/{srv.project_path.replace('/', '%2F')}/deployments/{DEPLOYMENT}" in srv.requests
     assert any("/deployments?" in r and "page=2" in r for r in srv.requests)
-    assert lab.cli("promote", PROMOTE_BP) == 0
+    assert lab.cli("promote", PROMOTE_BP, env=ENV) == 0  # the same protected job: approvals read again
     assert lab.prod_commit() == c
     assert lab.releases()[-1]["approvers"] == ["carol"]
     # the token is masked everywhere edgeci writes
@@ -69,7 +69,7 @@ def test_deployment_approval_of_another_checksum_is_denied(
     out = capsys.readouterr().out
     assert f"carol approved {old[:12]}, not this candidate {c[:12]}" in out
     assert BuildRecord.load(lab.record_path).section("gate")["decision"] == "denied"
-    assert lab.cli("promote", PROMOTE_BP) == 1
+    assert lab.cli("promote", PROMOTE_BP, env=ENV) == 1
 
 
 def test_pipeline_variable_binds_deployment_approvals_without_a_comment(
@@ -185,3 +185,21 @@ def test_wrong_token_or_no_deployment_is_an_error(
     assert "GitLab refused the token" in err and "glpat-wrong-token" not in err
     assert gate(lab, env={"CI_JOB_ID": "777"}) == 2
     assert "no GitLab deployment or merge request" in capsys.readouterr().err
+
+
+def test_a_deployment_approved_in_another_pipeline_does_not_promote(
+        promote_lab: PromoteLab, gate_gitlab_server: FakeGitLab, capsys: pytest.CaptureFixture[str]) -> None:
+    """Someone points the gate at another pipeline's approved deployment: the gate may be talked into it, but
+    promote reads the approvals again from its own job's deployment, which nobody approved."""
+    lab, srv = promote_lab, gate_gitlab_server
+    use_gitlab(lab, srv)
+    c = lab.candidate("1.0.0", approve=False)
+    srv.add_deployment(DEPLOYMENT, JOB, PIPELINE, DEV, [], status="blocked")  # this pipeline's: not approved
+    srv.add_deployment(DEPLOYMENT + 7, JOB + 7, PIPELINE + 7, DEV, [gl_approval(CAROL, f"edgeci-approve {c}")])
+    assert gate(lab, "--deployment", str(DEPLOYMENT + 7)) == 0  # the gate reads what it is pointed at
+    before = (lab.prod_commit(), lab.releases())
+    capsys.readouterr()
+    assert lab.cli("promote", PROMOTE_BP, env=ENV) == 1
+    err = capsys.readouterr().err
+    assert "approvals: 0 of 1 required" in err
+    assert (lab.prod_commit(), lab.releases()) == before

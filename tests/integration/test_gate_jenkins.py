@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edgeci.record import BuildRecord
-from tests.fixtures.jenkins_server import JENKINS_TOKEN, JENKINS_USER, FakeJenkins, PendingInput
+from tests.fixtures.jenkins_server import JENKINS_TOKEN, JENKINS_USER, Build, FakeJenkins, PendingInput
 from tests.fixtures.promote import PROMOTE_BP, PromoteLab
 
 JOB = "fleet/edge-promote"
@@ -19,6 +19,12 @@ def use_jenkins(lab: PromoteLab, srv: FakeJenkins, **gate: object) -> None:
     lab.write_config()
 
 
+def answered(build: Build, user: str) -> Build:
+    """Jenkins records who answered the build's input (the approver edgeci reads back from the build)."""
+    build.outcomes.append({"input": "Promote", "action": "proceedEmpty", "user": user, "parameters": {}})
+    return build
+
+
 def gate(lab: PromoteLab, *args: str, env: dict[str, str] | None = None) -> int:
     return lab.cli("gate", PROMOTE_BP, *args, env={**ENV, **(env or {})})
 
@@ -29,7 +35,8 @@ def test_input_submitter_with_the_shown_checksum_approves_and_promotes(
     use_jenkins(lab, srv)
     c = lab.candidate("1.0.0", approve=False)
     srv.add_build(JOB, BUILD - 1, triggered_by=("dev", "Dev Eloper"))
-    srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"), authors=[("Dev Eloper", "dev@example.com")])
+    answered(srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"), authors=[("Dev Eloper", "dev@example.com")]),
+             "carol")
     capsys.readouterr()
     assert gate(lab, "--approver", "carol", "--approved-checksum", c) == 0
     out = capsys.readouterr().out
@@ -41,7 +48,8 @@ def test_input_submitter_with_the_shown_checksum_approves_and_promotes(
     assert any(r.startswith(f"/job/fleet/job/edge-promote/{BUILD}/api/python") and "depth=1" in r
                for r in srv.requests)
     assert JENKINS_TOKEN not in out + lab.record_path.read_text()
-    assert lab.cli("promote", PROMOTE_BP) == 0
+    # the same build's promote step (the library binds the checksum its input showed): its approver read again
+    assert lab.cli("promote", PROMOTE_BP, env={**ENV, "EDGECI_APPROVED_CHECKSUM": c}) == 0
     assert lab.prod_commit() == c
 
 
@@ -50,7 +58,7 @@ def test_the_user_who_started_the_build_cannot_approve(
     lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv)
     c = lab.candidate("1.0.0", approve=False)
-    srv.add_build(JOB, BUILD, triggered_by=("erin", "Erin Operator"))
+    answered(srv.add_build(JOB, BUILD, triggered_by=("erin", "Erin Operator")), "erin")
     capsys.readouterr()
     assert gate(lab, "--approver", "erin", "--approved-checksum", c) == 1
     assert "erin is the pipeline triggerer (erin, Erin Operator)" in capsys.readouterr().out
@@ -61,7 +69,7 @@ def test_an_author_of_the_builds_changes_cannot_approve(
     lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv)
     c = lab.candidate("1.0.0", approve=False)
-    srv.add_build(JOB, BUILD, triggered_by=None, authors=[("Frank Writer", "frank@example.com")])
+    answered(srv.add_build(JOB, BUILD, triggered_by=None, authors=[("Frank Writer", "frank@example.com")]), "frank")
     capsys.readouterr()
     assert gate(lab, "--approver", "frank", "--approved-checksum", c) == 1
     assert "frank is the commit author (frank@example.com, Frank Writer)" in capsys.readouterr().out
@@ -72,13 +80,14 @@ def test_build_parameter_binds_the_input_and_another_checksum_is_denied(
     lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv)
     c = lab.candidate("1.0.0", approve=False)
-    srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"), parameters={"EDGECI_CHECKSUM": c})
+    answered(srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"), parameters={"EDGECI_CHECKSUM": c}), "carol")
     assert gate(lab, "--approver", "carol") == 0
-    srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"), parameters={"EDGECI_CHECKSUM": "f" * 64})
+    answered(srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"), parameters={"EDGECI_CHECKSUM": "f" * 64}),
+             "carol")
     capsys.readouterr()
     assert gate(lab, "--approver", "carol") == 1
     assert f"carol approved {'f' * 12}, not this candidate {c[:12]}" in capsys.readouterr().out
-    srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"))
+    answered(srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper")), "carol")
     assert gate(lab, "--approver", "carol") == 1
     assert "names no commit checksum" in capsys.readouterr().out
 
@@ -102,7 +111,7 @@ def test_groups_cannot_be_resolved_in_jenkins_so_allowed_users_decide(
     lab, srv = promote_lab, jenkins_server
     use_jenkins(lab, srv, allowed_groups=["release"])
     c = lab.candidate("1.0.0", approve=False)
-    srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"))
+    answered(srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper")), "carol")
     srv.wfapi = False  # a controller without the Pipeline: Stage View plugin
     capsys.readouterr()
     assert gate(lab, "--approver", "carol", "--approved-checksum", c) == 1
@@ -124,3 +133,20 @@ def test_wrong_token_is_an_error(
                 env={"EDGECI_JENKINS_TOKEN": "wrong-token-value"}) == 2
     err = capsys.readouterr().err
     assert "HTTP 401" in err and "EDGECI_JENKINS_TOKEN" in err and "wrong-token-value" not in err
+
+
+def test_an_input_answered_by_someone_outside_the_approvers_does_not_promote(
+        promote_lab: PromoteLab, jenkins_server: FakeJenkins, capsys: pytest.CaptureFixture[str]) -> None:
+    """The build's input was answered by mallory, who is not among the approvers: neither a name on the
+    command line nor the record makes the promotion count her."""
+    lab, srv = promote_lab, jenkins_server
+    use_jenkins(lab, srv, allowed_users=["carol"])
+    c = lab.candidate("1.0.0", approve=False)
+    answered(srv.add_build(JOB, BUILD, triggered_by=("dev", "Dev Eloper"), parameters={"EDGECI_CHECKSUM": c}),
+             "mallory")
+    capsys.readouterr()
+    assert gate(lab, "--approver", "carol") == 1  # a name Jenkins never recorded does not count
+    capsys.readouterr()
+    assert lab.cli("promote", PROMOTE_BP, env=ENV) == 1
+    err = capsys.readouterr().err
+    assert "approvals: 0 of 1 required" in err and lab.prod_commit() is None
