@@ -3,9 +3,9 @@
 Envelope JSON: {"payloadType": "application/vnd.in-toto+json", "payload": <base64 Statement>,
 "signatures": [{"keyid": <hex>, "sig": <base64>}]}. The signature is over PAE(payloadType, payload),
 "DSSEv1 <len(type)> <type> <len(body)> <body>" (lengths in ASCII decimal bytes). securesystemslib's
-dsse.Envelope builds the PAE and CryptoSigner signs; verification is done here, one signature at a time,
-so a failure says exactly what is wrong: malformed, wrong payload type, unknown key, a key of another
-role, or a signature that does not match (tampered).
+dsse.Envelope and CryptoSigner sign; verification is done here with cryptography's Ed25519, one signature at a
+time, so a failure says exactly what is wrong (malformed, wrong payload type, unknown key, a key of another
+role, a signature that does not match: tampered) and the production host never imports the signer stack.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from edgeci.evidence.statement import PAYLOAD_TYPE, Statement
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
-    """DSSE's pre-authentication encoding (securesystemslib's implementation of the spec)."""
-    from securesystemslib.dsse import Envelope
+    """DSSE's pre-authentication encoding: "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body.
 
-    return bytes(Envelope(payload, payload_type, {}).pae())
+    Written out here (it is an encoding, not cryptography) so that verifying on the production host does not
+    import securesystemslib's signer stack; a test checks it byte for byte against securesystemslib's."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
 def sign(statement: Statement, key: SigningKey) -> dict[str, Any]:
@@ -97,8 +99,7 @@ def verify_signed(envelope: Any, keys: Iterable[PublicKey], role: str) -> Verifi
     Passes when a signature by a trusted key of `role` matches the PAE of the payload; otherwise
     VerificationError with a code: malformed, payload-type, unsigned, unknown-key, wrong-role,
     bad-signature (a signature by a trusted key of the right role that does not match: tampered)."""
-    from securesystemslib.exceptions import UnverifiedSignatureError
-    from securesystemslib.signer import Signature, SSlibKey
+    from cryptography.exceptions import InvalidSignature
 
     check_role(role)
     payload_type, payload, sigs = _parse(envelope)
@@ -130,8 +131,8 @@ def verify_signed(envelope: Any, keys: Iterable[PublicKey], role: str) -> Verifi
             continue
         for k in mine:
             try:
-                SSlibKey.from_crypto(k.key, keyid=k.keyid).verify_signature(Signature(keyid, sig.hex()), message)
-            except UnverifiedSignatureError:
+                k.key.verify(sig, message)  # cryptography's Ed25519 verification
+            except InvalidSignature:
                 continue
             try:
                 statement = Statement.from_dict(json.loads(payload))

@@ -57,6 +57,11 @@ def test_pae_is_the_dsse_spec_encoding() -> None:
         b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
     # lengths are byte counts, not character counts
     assert dsse.pae("t", "é".encode()) == b"DSSEv1 1 t 2 " + "é".encode()
+    # and byte for byte what securesystemslib's envelope (the signing side) signs
+    from securesystemslib.dsse import Envelope
+
+    for ptype, body in (("application/vnd.in-toto+json", b'{"a": 1}'), ("t", "é€".encode()), ("x", b"")):
+        assert dsse.pae(ptype, body) == bytes(Envelope(body, ptype, {}).pae())
 
 
 def test_sign_and_verify_round_trip() -> None:
