@@ -75,9 +75,12 @@ RAISING = [
 
 
 @pytest.mark.parametrize("overrides", RAISING)
-def test_security_settings_can_be_raised_or_kept(tmp_path: Path, overrides: dict[str, object]) -> None:
+def test_security_settings_can_be_raised_or_kept_but_not_lowered_alongside(tmp_path: Path,
+                                                                          overrides: dict[str, object]) -> None:
     cfg = load_config(write(tmp_path, FILE), env={}, overrides=overrides)
     assert cfg.gate.approvals_required >= 2 and cfg.prod.gpg_key
+    with pytest.raises(ConfigError, match=r"gate\.allow_fork: cannot be lowered"):
+        load_config(write(tmp_path, FILE), env={"EDGECI_GATE_ALLOW_FORK": "yes"}, overrides=overrides)
 
 
 def test_without_a_file_the_defaults_are_the_floor(tmp_path: Path) -> None:
@@ -120,7 +123,10 @@ def test_alias_bomb_is_refused_without_expanding_it(tmp_path: Path) -> None:
         load_config(p, env={})
 
 
-def test_aliases_and_merge_keys_that_stay_small_still_work(tmp_path: Path) -> None:
+def test_recursive_alias_behind_a_merge_key_is_refused_and_small_aliases_still_work(tmp_path: Path) -> None:
+    p = write(tmp_path, "blueprints:\n  gw: &bp\n    arch: [x86_64]\n    <<: *bp\n")
+    with pytest.raises(ConfigError, match=r"edgeci.yaml:2: recursive alias"):
+        load_config(p, env={})
     p = write(tmp_path, "gate:\n  allowed_users: &people [alice, bob]\n"
                         "lint:\n  production_versions: {a: '1.0.0'}\n"
                         "blueprints:\n  gw: &bp {arch: [x86_64]}\n  kiosk:\n    <<: *bp\n    distro: rhel-10\n")
@@ -165,9 +171,11 @@ def test_container_name_must_be_a_podman_name(tmp_path: Path, name: str) -> None
         load_config(None, env={"EDGECI_STAGE_CONTAINER_NAME": name}, root=tmp_path / "none")
 
 
-def test_good_container_names(tmp_path: Path) -> None:
+def test_good_container_names_and_a_bad_one(tmp_path: Path) -> None:
     for name in ("edge-stage", "stage-{blueprint}", "edge_stage.1"):
         assert load_config(None, env={"EDGECI_STAGE_CONTAINER_NAME": name}, root=tmp_path).stage.container_name == name
+    with pytest.raises(ConfigError, match=r"stage\.container_name"):
+        load_config(None, env={"EDGECI_STAGE_CONTAINER_NAME": "stage-{blueprint}$(id)"}, root=tmp_path)
 
 
 @pytest.mark.parametrize(("text", "message"), [
