@@ -61,6 +61,10 @@ def test_the_four_arches_are_accepted(tmp_path: Path, monkeypatch: pytest.Monkey
         out = root / "host" / arch
         assert main(["stage", "units", "edge", "--arch", arch, "-o", str(out), "-c", str(root / "edgeci.yaml")]) == 0
         assert (out / "container-edge-stage.service").is_file()
+    for arch in ("x86-64", "amd64", "X86_64"):  # close is not enough: the closed set, exactly
+        assert main(["stage", "units", "edge", "--arch", arch, "-o", str(root / "host" / "bad"),
+                     "-c", str(root / "edgeci.yaml")]) == 2
+        assert not (root / "host" / "bad").exists()
 
 
 def test_render_refuses_a_container_name_that_bypassed_the_loader(tmp_path: Path) -> None:
@@ -87,9 +91,9 @@ def test_authfile_with_a_newline_cannot_inject_a_unit_line(tmp_path: Path) -> No
         render_units(cfg, "edge", units_image(cfg, "edge", PUSH))
 
 
-def test_shell_script_passes_every_value_as_one_word(tmp_path: Path) -> None:
+def test_shell_script_and_unit_pass_every_value_as_one_word(tmp_path: Path) -> None:
     """podman-run.sh run by a real sh, with `podman run` replaced by printf: each argument on its own line, and
-    nothing in the values executed."""
+    nothing in the values executed; the unit has the same values in systemd's quoting."""
     marker = tmp_path / "pwned"
     authfile = f"/etc/containers/my auth $(touch {marker}) `touch {marker}`;touch {marker}.json"
     cfg = load_config(project(tmp_path, stage={"host_authfile": authfile}) / "edgeci.yaml", env={})
@@ -102,6 +106,9 @@ def test_shell_script_passes_every_value_as_one_word(tmp_path: Path) -> None:
     assert f"io.containers.autoupdate.authfile={authfile}" in args
     assert args[-1] == "quay.example.com/edge/edge:latest"
     assert not list(tmp_path.glob("pwned*"))
+    unit = files["container-edge-stage.service"]
+    quoted = authfile.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$")
+    assert f'--authfile "{quoted}"' in unit
 
 
 def test_systemd_words_are_quoted_by_systemd_rules(tmp_path: Path) -> None:
