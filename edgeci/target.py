@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edgeci.config import ARCHES, Config, valid_name
 from edgeci.errors import BlueprintError, ConfigError
-from edgeci.record import BuildRecord, record_path
+from edgeci.record import FAILED, SECTIONS, BuildRecord, record_path
+
+StageRun = Callable[[argparse.Namespace, Config], int]
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
@@ -121,3 +125,31 @@ def blueprint_file(cfg: Config, name: str, section: dict[str, Any] | None) -> Pa
 def ref_of(cfg: Config, name: str, arch: str, rec: BuildRecord | None = None) -> str:
     """The candidate's ref: what compose used (the record), else the configured ref for NAME/ARCH."""
     return rec.ref(cfg.ref(name, arch)) if rec is not None else cfg.ref(name, arch)
+
+
+def invalidates(section: str) -> Callable[[StageRun], StageRun]:
+    """A stage's run(): when it fails with an error, its record section is marked failed and every later one
+    dropped, so an older candidate's passed sections never carry `run --resume` past the failure."""
+    from edgeci.errors import EdgeCIError
+
+    def wrap(fn: StageRun) -> StageRun:
+        @functools.wraps(fn)
+        def run(args: argparse.Namespace, cfg: Config) -> int:
+            try:
+                return fn(args, cfg)
+            except EdgeCIError as e:
+                try:
+                    name, arch = target(cfg, args)
+                    path = record_file(cfg, name, arch)
+                    rec = BuildRecord.load(path) if path.is_file() else None
+                except EdgeCIError:
+                    rec = None
+                if (rec is not None and rec.get(section) is not None) or (rec is not None and any(
+                        rec.get(s) is not None for s in SECTIONS[SECTIONS.index(section) + 1:])):
+                    rec.set(section, {"error": e.render()}, status=FAILED)
+                    rec.save()
+                raise
+
+        return run
+
+    return wrap

@@ -182,8 +182,13 @@ PROJECT_KEYS = ("approvals_required", "allowed_approvers", "allowed_groups", "re
 
 def project_settings(cfg: Any) -> dict[str, Any]:
     """The project's security settings from its edgeci Config (gate.* and whether prod signs)."""
+    from edgeci.policy import boot_requirements
+
     gate, prod = cfg.gate, cfg.prod
+    scenarios, backends = boot_requirements(gate)
     return {
+        "required_scenarios": list(scenarios),
+        "accepted_backends": list(backends),
         "approvals_required": int(gate.approvals_required),
         "allowed_approvers": list(gate.allowed_users),
         "allowed_groups": list(gate.allowed_groups),

@@ -9,10 +9,12 @@ Exit 1 when any check failed or could not run, 0 otherwise.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeci.config import Config
+from edgeci.target import invalidates
 
 if TYPE_CHECKING:
     from edgeci.record import BuildRecord, Candidate
@@ -60,6 +62,7 @@ def _checks_path(cfg: Config, rec: BuildRecord, name: str) -> Path:
     return bp.with_name(f"{bp.stem}.checks.yaml")
 
 
+@invalidates("boot_test")
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.attest import sign_boot_test, signing_key
     from edgeci.boottest import choose_backend, guest_factory, osname_for, require_tools
@@ -71,6 +74,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.oci import sha256_file
     from edgeci.record import FAILED, PASSED
     from edgeci.target import load_record, target, work_dir
+    from edgeci.templates import declared
+    from edgeci.tools.run import register_secret
     from edgeci.ui import say, warn
 
     name, arch = target(cfg, args)
@@ -78,7 +83,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     candidate = candidate_from_record(cfg, rec, name, arch)
     key = signing_key("boot-test", cfg)  # a key variable naming a bad file fails now, not after the boots
     checks_file = _checks_path(cfg, rec, name)
-    parsed = load_checks(checks_file) if checks_file.is_file() else ChecksFile(None, [])
+    recorded = str((rec.get("blueprint") or {}).get("checks_sha256") or "") or None
+    if checks_file.is_file() or recorded:
+        # exactly the checks file compose recorded (its sha256), with the template values CI gives this job
+        values = {n: os.environ[n] for n in declared(cfg, name) if n in os.environ}
+        for value in values.values():
+            register_secret(value)
+        parsed = load_checks(checks_file, values=values, expected_sha256=recorded)
+    else:
+        parsed = ChecksFile(None, [])
     checks = parsed.checks
     if not checks:
         warn(f"boot-test {name}/{arch}: no checks in {checks_file}: only the boot and the booted commit are verified")

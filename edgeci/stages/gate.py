@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeci.config import Config
+from edgeci.target import invalidates
 
 HELP = "decide whether the candidate may go to production (rules, approvals bound to its checksum)"
 
@@ -75,8 +76,7 @@ def describe(cfg: Config, rec: Any, state: Any, bp_path: Path | None) -> list[st
     new_text = None
     if top is not None and bp.get("git_sha") and bp.get("path"):
         new_text = git.show(top, str(bp["git_sha"]), _repo_rel(cfg, top, str(bp["path"])))
-    if new_text is None and bp_path is not None:
-        new_text = bp_path.read_text(encoding="utf-8", errors="replace")
+    # what was built, never the working tree: without the recorded git sha there is no text to show
     if old_text is not None and new_text is not None:
         diff = policy.text_diff(old_text, new_text, f"production {prod.version}", f"candidate {bp.get('version')}")
         lines.append("blueprint diff:" + (" none" if not diff else ""))
@@ -85,6 +85,11 @@ def describe(cfg: Config, rec: Any, state: Any, bp_path: Path | None) -> list[st
         same = released.get("blueprint_sha256") and released.get("blueprint_sha256") == bp.get("sha256")
         lines.append("blueprint diff: " + ("unchanged (same sha256)" if same else
                                             "production's blueprint text is not available in this git checkout"))
+    if released.get("blueprint_variables") is not None or bp.get("variables"):
+        changed = policy.variables_diff(released.get("blueprint_variables"), bp.get("variables"))
+        lines.append("template variables: " + ("unchanged (by sha256)" if not changed else
+                                               f"{len(changed)} change(s), by sha256"))
+        lines += [f"  {d}" for d in changed]
     if "packages" in released and compose.get("packages") is not None:
         pk = package_diff(released.get("packages") or [], compose.get("packages") or [])
         lines.append(f"package diff: {len(pk)} change(s)" if pk else "package diff: none")
@@ -103,6 +108,7 @@ def _repo_rel(cfg: Config, top: Path, path: str) -> str:
         return path
 
 
+@invalidates("gate")
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from datetime import datetime
 
@@ -128,7 +134,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     g = cfg.gate
     now_env = os.environ.get("EDGECI_TEST_NOW")  # tests pin the clock for window/freeze rules
     now = datetime.fromisoformat(now_env) if now_env else datetime.now(UTC)
-    scenarios, backends = policy.boot_requirements(g)
+    import dataclasses
+
+    # the coverage rule of the source that decides (--source overrides gate.source for this run)
+    scenarios, backends = policy.boot_requirements(dataclasses.replace(g, source=args.source or g.source))
     verdict = policy.evaluate(
         candidate, state.production, evidence, approvals_required=g.approvals_required,
         allowed_users=g.allowed_users, allowed_groups=g.allowed_groups, allow_fork=g.allow_fork,

@@ -13,6 +13,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from edgeci.config import Config
+from edgeci.target import invalidates
 
 if TYPE_CHECKING:
     from edgeci.junit import Case
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_target_args(p)
 
 
+@invalidates("push")
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.errors import EdgeCIError, RecordError
     from edgeci.junit import Outcome, write_junit

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeci.config import Config
+from edgeci.target import invalidates
 
 if TYPE_CHECKING:
     from edgeci.image import Extracted
@@ -109,6 +110,7 @@ def _source(cfg: Config, rec: BuildRecord, choice: str) -> tuple[str, dict[str, 
     return "archive", compose
 
 
+@invalidates("stage")
 def serve(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.reposerver import serve_lock
     from edgeci.target import load_record, target
@@ -240,6 +242,7 @@ def stop(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+@invalidates("stage")
 def wait(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.errors import ConfigError, EdgeCIError
     from edgeci.junit import write_junit

@@ -237,3 +237,27 @@ def test_the_real_test_os_passes_every_check_that_needs_no_running_system(compos
     assert outcomes.pop("kernel") == "skipped" and outcomes.pop("root-writable-var") == "skipped"
     assert set(outcomes.values()) == {"passed"}, outcomes
     assert {"hostname", "sshd-enabled", "version", "booted-candidate"} <= set(outcomes)
+
+
+def test_a_checks_file_changed_since_compose_is_refused(tmp_path, monkeypatch, boottest_http, capsys):
+    """Deleting a failing check from the working tree must not make the boot test pass: the boot test runs
+    exactly the checks file compose recorded (its sha256), or refuses."""
+    import hashlib
+
+    monkeypatch.chdir(tmp_path)
+    bp = _project(tmp_path)
+    commits = _repos(tmp_path, with_prod=False)
+    url = boottest_http(tmp_path / "stage-repo")
+    rec = write_record(tmp_path / "build", "gateway", "x86_64", version="1.0.1", blueprint_path=bp,
+                       commit=commits["candidate"], ref=REF, stage_url=url)
+    checks = bp.with_name("gateway.checks.yaml")
+    recorded = hashlib.sha256(checks.read_bytes()).hexdigest()
+    rec.sections["blueprint"]["checks_sha256"] = recorded
+    rec.save()
+    checks.write_text(CHECKS.replace("  - name: hostname\n    file_contains: {path: /etc/hostname, text: gateway}\n",
+                                     ""))
+    capsys.readouterr()
+    assert main(["boot-test", "gateway", "--backend", "sysroot"]) == 2
+    err = capsys.readouterr().err
+    assert str(checks) in err and recorded[:12] in err
+    assert "boot_test" not in BuildRecord.load(record_path(tmp_path / "build", "gateway", "x86_64")).sections
