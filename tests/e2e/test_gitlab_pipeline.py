@@ -107,10 +107,13 @@ def project(tmp_path: Path, keys: Keys) -> Iterator[GitLabProject]:
     try:
         yield proj
     finally:
-        # the pipeline's stage servers, if a failure left them running (stopped by the PID they recorded)
-        _edgeci(proj.path, "stage", "stop", "gateway", "--arch", "x86_64")
-        _edgeci(proj.path, "stage", "stop", "gateway", "--arch", "x86_64",
-                env={"EDGECI_STAGE_DIR": "build/stage/{blueprint}-mr-7"})
+        # every stage server the pipeline's jobs left running (each blueprint's, the MR's), stopped by the PID it
+        # recorded in its stage directory
+        from edgeci.reposerver import stop_server
+
+        for stage_dir in sorted((proj.path / "build" / "stage").glob("*")):
+            if stage_dir.is_dir():
+                stop_server(stage_dir)
 
 
 def _record(project: Path, bp: str = "gateway") -> dict:
