@@ -403,7 +403,8 @@ def check_parent(parent: str | None, production: Production, allow_fork: bool) -
                                     "(rebuild on top of production, or set gate.allow_fork)")
 
 
-def _identities(values: Iterable[str]) -> set[str]:
+def identities(values: Iterable[str]) -> set[str]:
+    """The forms an identity is matched by: casefolded, and an e-mail also by its local part."""
     out = set()
     for v in values:
         v = (v or "").strip().casefold()
@@ -423,9 +424,9 @@ def _join(reasons: list[str], limit: int = 3) -> str:
 
 
 def author_of(approval: Approval, people: Sequence[Person]) -> Person | None:
-    mine = _identities([approval.user, *approval.aliases])
+    mine = identities([approval.user, *approval.aliases])
     for p in people:
-        if mine & _identities(p.identities):
+        if mine & identities(p.identities):
             return p
     return None
 
@@ -433,7 +434,7 @@ def author_of(approval: Approval, people: Sequence[Person]) -> Person | None:
 def _allowed(approval: Approval, users: Sequence[str], groups: Sequence[str]) -> tuple[bool, str]:
     if not users and not groups:
         return True, ""
-    if _identities([approval.user, *approval.aliases]) & _identities(users):
+    if identities([approval.user, *approval.aliases]) & identities(users):
         return True, ""
     if groups:
         if approval.groups is None:

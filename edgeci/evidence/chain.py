@@ -124,14 +124,9 @@ class ChainResult:
 
 
 def _ids(values: Iterable[str]) -> set[str]:
-    out = set()
-    for v in values:
-        v = (v or "").strip().casefold()
-        if v:
-            out.add(v)
-            if "@" in v:
-                out.add(v.split("@", 1)[0])
-    return out
+    from edgeci.policy import identities
+
+    return identities(values)
 
 
 @dataclass
