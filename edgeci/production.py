@@ -5,10 +5,7 @@ history — what gate, boot test, compose (parent) and promote all ask about pro
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -17,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeci.errors import PromotionError
-from edgeci.record import atomic_write_text, now_iso
+from edgeci.record import atomic_write_text
 from edgeci.tools import ostree
 
 if TYPE_CHECKING:
@@ -63,31 +60,18 @@ class ProdSettings:
 
 @contextlib.contextmanager
 def repo_lock(repo: Path, timeout: float, *, poll: float = 0.1) -> Iterator[None]:
-    """Exclusive flock on REPO/.edgeci-lock; the kernel drops it when the process dies (even by SIGKILL)."""
+    """Exclusive lock on REPO/.edgeci-lock: one promotion at a time."""
+    from edgeci.locks import held
+
     repo.mkdir(parents=True, exist_ok=True)
     path = repo / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = ""
-                    with contextlib.suppress(OSError):
-                        holder = path.read_text().strip()
-                    raise PromotionError(
-                        f"another promotion holds the production lock ({holder or 'holder unknown'}) "
-                        f"for longer than {timeout:g} s",
-                        where=str(path), fix="wait for it to finish, or raise prod.lock_timeout") from None
-                time.sleep(poll)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {now_iso()}\n".encode(), 0)
+
+    def too_long(holder: str) -> Exception:
+        return PromotionError(f"another promotion holds the production lock ({holder}) for longer than {timeout:g} s",
+                              where=str(path), fix="wait for it to finish, or raise prod.lock_timeout")
+
+    with held(path, timeout, on_timeout=too_long, poll=poll):
         yield
-    finally:
-        os.close(fd)
 
 
 class ReleasesLog:

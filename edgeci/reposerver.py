@@ -195,38 +195,17 @@ def serve_lock(state_dir: str | os.PathLike[str], *, timeout: float = 900.0, pol
     """One `stage serve` of a stage directory at a time (an flock the kernel drops when the process dies): the
     next one waits, then replaces the server the first one started, so a directory never has two servers.
     `on_wait(holder)` is called once when another process holds the lock."""
-    import fcntl
-
-    from edgeci.record import now_iso
+    from edgeci.locks import held
 
     path = serve_lock_path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        deadline = time.monotonic() + max(timeout, 0.0)
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = ""
-                with contextlib.suppress(OSError):
-                    holder = path.read_text().strip()
-                if not told and on_wait is not None:
-                    on_wait(holder or "holder unknown")
-                    told = True
-                if time.monotonic() >= deadline:
-                    raise StageError(f"another 'edgeci stage serve' ({holder or 'holder unknown'}) has been "
-                                     f"preparing {Path(state_dir)} for longer than {timeout:g} s",
-                                     where=str(path), fix="wait for it to finish, then check 'edgeci stage serve' "
-                                                          "again (it replaces the server)") from None
-                time.sleep(poll)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {now_iso()}\n".encode(), 0)
+
+    def too_long(holder: str) -> Exception:
+        return StageError(f"another 'edgeci stage serve' ({holder}) has been preparing {Path(state_dir)} for longer "
+                          f"than {timeout:g} s", where=str(path),
+                          fix="wait for it to finish, then check 'edgeci stage serve' again (it replaces the server)")
+
+    with held(path, timeout, on_timeout=too_long, poll=poll, on_wait=on_wait):
         yield
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
