@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeci.errors import ConfigError
+from edgeci.yamlfile import load_strict
 
 CONFIG_NAME = "edgeci.yaml"
 IMAGE_TYPES = ("edge-commit", "edge-container", "edge-installer", "edge-simplified-installer",
@@ -252,7 +253,6 @@ class Config:
 # Loading and validation
 
 
-MAX_YAML_VALUES = 20_000  # an edgeci.yaml is a few hundred values; aliases may not expand it beyond this
 
 ARCHES = ("x86_64", "aarch64", "ppc64le", "s390x")
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")  # blueprint names: they become file and directory names
@@ -263,86 +263,6 @@ CONTAINER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 def valid_name(name: str) -> bool:
     """A blueprint name edgeci turns into paths: letters, digits, '.', '_', '-', and not '.' or '..'."""
     return bool(NAME_RE.match(name)) and name not in (".", "..")
-
-
-def _parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
-    """The document as plain data and the line of every key path, strictly: duplicate keys, non-scalar keys, a
-    recursive alias, or aliases that expand beyond MAX_YAML_VALUES values are ConfigErrors with file:line."""
-    import yaml
-
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"invalid YAML: {problem}", where=where,
-                          fix="fix the syntax (indentation, quoting)") from None
-    lines: dict[tuple[str, ...], int] = {}
-    count = 0
-
-    def at(node: Any) -> str:
-        return f"{source}:{node.start_mark.line + 1}"
-
-    def scalar(node: Any) -> Any:
-        try:
-            return loader.construct_object(node, deep=True)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"invalid YAML value: {getattr(e, 'problem', None) or e}", where=at(node)) from None
-
-    def build(node: Any, path: tuple[str, ...], open_: frozenset[int]) -> Any:
-        nonlocal count
-        count += 1
-        if count > MAX_YAML_VALUES:
-            raise ConfigError(f"the file expands to more than {MAX_YAML_VALUES} values through aliases",
-                              where=at(node), fix="write the values out instead of nesting aliases")
-        inner = open_ | {id(node)}
-
-        def child(value: Any, child_path: tuple[str, ...], shown: Any) -> Any:
-            if id(value) in inner:  # `shown` is the key (or the parent) that refers back to an enclosing anchor
-                raise ConfigError("recursive alias: a value contains itself", where=at(shown),
-                                  fix="remove the alias that refers to its own anchor")
-            return build(value, child_path, inner)
-
-        if isinstance(node, yaml.SequenceNode):
-            out_list = []
-            for i, v in enumerate(node.value):
-                lines.setdefault((*path, str(i)), v.start_mark.line + 1)
-                out_list.append(child(v, (*path, str(i)), node))
-            return out_list
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            first: dict[str, int] = {}
-            merged: list[Any] = []
-            for k, v in node.value:
-                if k.tag == "tag:yaml.org,2002:merge":
-                    merged.extend(v.value if isinstance(v, yaml.SequenceNode) else [v])
-                    continue
-                if not isinstance(k, yaml.ScalarNode):
-                    raise ConfigError("a key must be a plain value, not a list or mapping", where=at(k))
-                key = scalar(k)
-                key = "" if key is None else str(key)
-                if key in first:
-                    raise ConfigError(f"duplicate key '{key}' (first on line {first[key]})", where=at(k),
-                                      fix="keep one of them")
-                first[key] = k.start_mark.line + 1
-                lines.setdefault((*path, key), k.start_mark.line + 1)
-                out[key] = child(v, (*path, key), k)
-            for m in merged:
-                value = child(m, path, node)
-                if not isinstance(value, dict):
-                    raise ConfigError("'<<' merges a mapping only", where=at(m))
-                for key, item in value.items():
-                    out.setdefault(key, item)
-            return out
-        return scalar(node)
-
-    try:
-        data = build(root, (), frozenset()) if root is not None else None
-    finally:
-        loader.dispose()
-    return data, lines
 
 
 class _Ctx:
@@ -508,7 +428,7 @@ def load_config(
                               fix="check the path, or omit --config to use the embedded default") from None
         except OSError as e:
             raise ConfigError(f"cannot read config: {e.strerror}", where=str(cfg_path)) from None
-        loaded, lines = _parse_yaml(text, str(cfg_path))
+        loaded, lines = load_strict(text, str(cfg_path))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

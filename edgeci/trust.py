@@ -324,51 +324,11 @@ class _Doc:
 
 
 def _parse_yaml(text: str, doc: _Doc) -> Any:
-    import yaml
+    from edgeci.yamlfile import load_strict
 
-    class StrictLoader(yaml.SafeLoader):
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            event = self.peek_event()
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise doc.fail("YAML anchors and aliases are not allowed in the trust policy", (),
-                               fix="write every value out in full", line=event.start_mark.line + 1)
-            return super().compose_node(parent, index)
-
-    loader = StrictLoader(text)
-    try:
-        try:
-            node = loader.get_single_node()
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise doc.fail(f"invalid YAML: {problem}", (), fix="fix the syntax (indentation, quoting)",
-                           line=mark.line + 1 if mark else None) from None
-
-        def build(n: Any, path: tuple[str, ...]) -> Any:
-            if isinstance(n, yaml.MappingNode):
-                out: dict[str, Any] = {}
-                for k, v in n.value:
-                    if not isinstance(k, yaml.ScalarNode):
-                        raise doc.fail("a key must be a plain string", path, line=k.start_mark.line + 1)
-                    key = str(loader.construct_object(k))
-                    kpath = (*path, key)
-                    if key in out:
-                        raise doc.fail(f"duplicate key '{key}' (first on line {doc.lines[kpath]})", kpath,
-                                       fix="keep one of them", line=k.start_mark.line + 1)
-                    doc.lines[kpath] = k.start_mark.line + 1
-                    out[key] = build(v, kpath)
-                return out
-            if isinstance(n, yaml.SequenceNode):
-                items = []
-                for i, v in enumerate(n.value):
-                    doc.lines[(*path, str(i))] = v.start_mark.line + 1
-                    items.append(build(v, (*path, str(i))))
-                return items
-            return loader.construct_object(n, deep=True)
-
-        return None if node is None else build(node, ())
-    finally:
-        loader.dispose()
+    data, lines = load_strict(text, doc.source, aliases=False, what="the trust policy")
+    doc.lines.update(lines)
+    return data
 
 
 def _unknown(doc: _Doc, data: Mapping[str, Any], known: Sequence[str], path: tuple[str, ...]) -> None:
