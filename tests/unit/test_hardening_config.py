@@ -137,7 +137,8 @@ def test_recursive_alias_behind_a_merge_key_is_refused_and_small_aliases_still_w
 
 def test_duplicate_keys_name_both_lines(tmp_path: Path) -> None:
     p = write(tmp_path, "prod:\n  retention: 10\n  delta_args: []\n  retention: 2\n")
-    with pytest.raises(ConfigError, match=r"edgeci.yaml:4: prod.retention: duplicate key 'retention' \(first on line 2\)"):
+    with pytest.raises(ConfigError,
+                       match=r"edgeci.yaml:4: prod.retention: duplicate key 'retention' \(first on line 2\)"):
         load_config(p, env={})
     p = write(tmp_path, "gate:\n  approvals_required: 2\ngate:\n  approvals_required: 0\n")
     with pytest.raises(ConfigError, match=r"edgeci.yaml:3: gate: duplicate key 'gate' \(first on line 1\)"):
