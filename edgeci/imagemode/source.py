@@ -238,8 +238,9 @@ def parse(text: str, path: str | os.PathLike[str]) -> Containerfile:
             if ins.keyword != "ARG":
                 raise BlueprintError(f"{ins.keyword} before the first FROM", where=f"{where}:{ins.line}",
                                      fix="start the Containerfile with FROM (only ARG may come before it)")
-            k, _, v = ins.args.partition("=")
-            global_args[k.strip()] = _unquote(v.strip())
+            k, eq, v = ins.args.partition("=")
+            if eq:  # `ARG NAME` without a default leaves ${NAME} unresolved
+                global_args[k.strip()] = _unquote(v.strip())
         else:
             stages[-1].instructions.append(ins)
     if not stages:
