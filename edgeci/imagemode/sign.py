@@ -231,8 +231,6 @@ def _authfiles(src: str, src_ep: Endpoint | None, dest: str, dest_ep: Endpoint |
 @dataclass
 class CopyResult:
     digest: str
-    blobs_copied: list[str]
-    blobs_skipped: list[str]
 
 
 def copy(
@@ -249,8 +247,8 @@ def copy(
     remove_signatures: bool = False,
     timeout: float | None = 3600,
 ) -> CopyResult:
-    """skopeo [--registries.d DIR] [--policy FILE] copy … SRC DEST; the manifest digest written, and which
-    blobs were uploaded or already present at DEST. Failures become RegistryError naming the registry."""
+    """skopeo [--registries.d DIR] [--policy FILE] copy … SRC DEST; the manifest digest written. Failures
+    become RegistryError naming the registry (or the signature policy that refused the source)."""
     with tempfile.TemporaryDirectory(prefix="edgeci-copy-") as tmp, \
             _authfiles(src, src_endpoint, dest, dest_endpoint) as auth:
         digestfile = Path(tmp) / "digest"
@@ -276,9 +274,7 @@ def copy(
         digest = digestfile.read_text().strip() if digestfile.exists() else ""
     if not DIGEST_RE.fullmatch(digest):
         raise RegistryError(f"skopeo wrote no manifest digest (got {digest[:80]!r})", where=dest)
-    copied = re.findall(r"Copying blob (sha256:[0-9a-f]{64})(?! skipped)", r.stdout + r.stderr)
-    skipped = re.findall(r"Copying blob (sha256:[0-9a-f]{64}) skipped", r.stdout + r.stderr)
-    return CopyResult(digest, copied, skipped)
+    return CopyResult(digest)
 
 
 def _classify_copy(stderr: str, src: str, dest: str, *, had_creds: bool) -> RegistryError:
@@ -294,12 +290,6 @@ def _classify_copy(stderr: str, src: str, dest: str, *, had_creds: bool) -> Regi
                                  "repository a writable lookaside-staging or sigstore attachments")
     image = dest if dest.startswith("docker://") or not src.startswith("docker://") else src
     return classify(stderr, image, had_creds=had_creds)
-
-
-def bytes_of(manifest_layers: Sequence[Mapping[str, Any]], digests: Sequence[str]) -> int:
-    """The sizes of the listed blobs per the manifest's layer descriptors."""
-    sizes = {str(d["digest"]): int(d.get("size", 0)) for d in manifest_layers}
-    return sum(sizes.get(d, 0) for d in set(digests))
 
 
 def signature_store(registries_d: PathLike | None, repo: str) -> dict[str, Any]:
@@ -327,10 +317,13 @@ def signature_store(registries_d: PathLike | None, repo: str) -> dict[str, Any]:
 
 @dataclass
 class PushResult:
+    """What was pushed. skopeo (without a terminal) does not say which blobs the registry already had, so
+    the bytes a push uploads are computed from layers: the whole image into an empty repository,
+    edgeci.imagemode.build.update_bytes(previous, new) when the previous image is already there."""
+
     digest: str
     refs: list[str]  # docker://HOST/REPO:TAG for every tag, then docker://HOST/REPO@DIGEST
-    bytes_uploaded: int
-    blobs_uploaded: int
+    image_bytes: int  # the manifest's layers, compressed
 
 
 def push_signed(
@@ -339,7 +332,7 @@ def push_signed(
     tags: Sequence[str],
     *,
     expected_digest: str,
-    layers: Sequence[Mapping[str, Any]],
+    layers: Sequence[Mapping[str, Any]] = (),
     signer: Signer | None,
     registries_d: PathLike | None,
     endpoint: Endpoint | None = None,
@@ -373,4 +366,4 @@ def push_signed(
             raise RegistryError(f"tag {t} points at {r.digest}, not {first.digest}", where=f"docker://{repo}:{t}")
         refs.append(f"docker://{repo}:{t}")
     refs.append(f"docker://{repo}@{first.digest}")
-    return PushResult(first.digest, refs, bytes_of(layers, first.blobs_copied), len(first.blobs_copied))
+    return PushResult(first.digest, refs, sum(int(d.get("size", 0)) for d in layers))
