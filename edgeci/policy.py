@@ -377,8 +377,9 @@ def check_version(candidate_version: str | None, production: Production) -> Rule
     if production.commit is None:
         return RuleResult(name, PASSED, f"{candidate_version}: first release on {production.ref}")
     if not production.version:
-        return RuleResult(name, FAILED, f"production's commit {short(production.commit)} on {production.ref} has "
-                                        "no version metadata, so anti-rollback cannot be checked")
+        return RuleResult(name, FAILED, f"production's commit {short(production.commit)} on {production.ref} is not "
+                                        "in production's releases log (released outside edgeci), so its version is "
+                                        "unknown and anti-rollback cannot be checked")
     try:
         c = compare_versions(candidate_version, production.version)
     except ValueError as e:

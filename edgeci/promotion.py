@@ -48,7 +48,7 @@ KEEP_REMOTE = "edgeci-keep"
 SCRATCH_PREFIX = ".edgeci-image-"  # next to the repo (same filesystem), removed by the next run if killed
 
 
-STEPS = ("gate", "pull", "verify", "sign", "deltas", "ref", "summary", "log", "prune")
+STEPS = ("gate", "pull", "verify", "sign", "deltas", "evidence", "ref", "summary", "log", "prune")
 
 
 ROLLBACK_STEPS = ("commit", "sign", "deltas", "ref", "summary", "log", "prune")
@@ -60,6 +60,8 @@ StepCallback = Callable[[str, str, str], None]
 
 # (image reference by digest, scratch directory) -> the ostree repo extracted from that exact image.
 ImageFetcher = Callable[[str, Path], Path]
+# (production repo) -> a step detail: writes what is published with the release before its ref moves
+Publisher = Callable[[Path], str]
 
 
 @dataclass
@@ -376,6 +378,11 @@ def _entry(req: PromoteRequest | None, ref: str, checksum: str, version: str | N
             "blueprint": req.blueprint, "arch": req.arch, "image_digest": req.image_digest,
             "blueprint_git_sha": info.get("git_sha", ""), "blueprint_path": info.get("path", ""),
             "blueprint_sha256": info.get("sha256", ""), "packages": list(req.packages or []),
+            # a templated blueprint's values by sha256 (never a value), and the checks file, for the next gate's diff
+            "blueprint_variables": dict(info.get("variables") or {}),
+            "template_sha256": info.get("template_sha256", "") or info.get("sha256", ""),
+            "checks_sha256": info.get("checks_sha256", ""),
+            "evidence": f"edgeci-evidence/{checksum}.json",
         })
     entry.update(extra)
     return entry
@@ -487,8 +494,10 @@ def plan(settings: ProdSettings, req: PromoteRequest) -> list[str]:
 
 
 def promote(settings: ProdSettings, req: PromoteRequest, *, on_step: StepCallback | None = None,
-            now: Callable[[], datetime] = _now, fetch_image: ImageFetcher | None = None) -> PromoteResult:
-    """Promote exactly req.checksum (see the module docstring). Same checksum again: a no-op."""
+            now: Callable[[], datetime] = _now, fetch_image: ImageFetcher | None = None,
+            publish: Publisher | None = None) -> PromoteResult:
+    """Promote exactly req.checksum (see the module docstring). Same checksum again: a no-op. `publish(repo)`
+    writes what must be served with the release (its evidence) after the deltas, before the ref moves."""
     if not policy.CHECKSUM_RE.match(req.checksum):
         raise PromotionError(f"'{req.checksum}' is not a commit checksum", fix="run 'edgeci compose' first")
     preflight(settings, req.ref)
@@ -496,7 +505,7 @@ def promote(settings: ProdSettings, req: PromoteRequest, *, on_step: StepCallbac
     repo = settings.repo
     with repo_lock(repo, settings.lock_timeout):
         try:
-            return _promote_locked(settings, req, steps, now, fetch_image)
+            return _promote_locked(settings, req, steps, now, fetch_image, publish)
         except (OSError, ToolError) as e:
             if no_space(e):
                 raise _disk_full(steps, repo, req.ref, req.checksum, "run 'edgeci promote' again") from None
@@ -504,7 +513,7 @@ def promote(settings: ProdSettings, req: PromoteRequest, *, on_step: StepCallbac
 
 
 def _promote_locked(settings: ProdSettings, req: PromoteRequest, steps: _Steps, now: Callable[[], datetime],
-                    fetch_image: ImageFetcher | None) -> PromoteResult:
+                    fetch_image: ImageFetcher | None, publish: Publisher | None = None) -> PromoteResult:
     """promote() under the production lock."""
     repo = settings.repo
     ostree.init(repo, "archive")
@@ -561,6 +570,10 @@ def _promote_locked(settings: ProdSettings, req: PromoteRequest, steps: _Steps, 
         deltas = _deltas(settings, req.checksum, sources)
         steps.end(f"{len(deltas)} static delta(s) to {policy.short(req.checksum)} from "
                   + (", ".join(policy.short(s) for s in sources) or "nothing (first release)"))
+
+        if publish is not None:
+            steps.begin("evidence")
+            steps.end(publish(repo))
 
         steps.begin("ref")
         ostree.set_ref(repo, req.ref, req.checksum)

@@ -121,6 +121,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.ui import say, warn
 
     name, arch = target(cfg, args)
+    if args.source == "local" and cfg.gate.source != "local":  # local approvals are files anyone can write
+        from edgeci.errors import ConfigError
+
+        raise ConfigError(f"--source local would lower gate.source '{cfg.gate.source}'", where="--source",
+                          fix="approvals come from gate.source; it can only be changed in edgeci.yaml")
     rec = load_record(cfg, name, arch)
     rec.section("compose")
     candidate = rec.candidate(cfg.ref(name, arch))

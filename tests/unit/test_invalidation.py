@@ -51,3 +51,4 @@ def test_an_error_before_any_record_writes_none(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "blueprints" / "edge.toml").write_text('name = "edge"\nversion = "1.0.1"\n')
     assert main(["push", "edge"]) == 2  # no record yet: nothing to invalidate, nothing written
     assert not record_path(tmp_path / "build", "edge", "x86_64").exists()
+
