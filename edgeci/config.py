@@ -68,6 +68,9 @@ class RegistryConfig:
     # oci:DIR (the embedded default, no registry) or docker://HOST/REPO.
     image: str = "oci:build/oci/{blueprint}"
     tags: list[str] = field(default_factory=list)  # extra tags beside <version> and latest
+    # the release tags (<version>, latest): only the default branch's pipelines push them; review candidates
+    # (merge requests, other branches) push their own tags only (EDGECI_REGISTRY_RELEASE_TAGS=false)
+    release_tags: bool = True
     authfile: str = ""
     tls_verify: bool = True
     retry_times: int = 3  # skopeo --retry-times, and edgeci's own retries of HTTP 5xx answers

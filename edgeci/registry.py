@@ -73,11 +73,16 @@ def destination(cfg: Config, name: str) -> Destination:
 
 
 def tags_for(cfg: Config, name: str, version: str, arch: str) -> list[str]:
-    """Blueprint version, latest, then registry.tags ({blueprint}, {version}, {arch} substituted), deduplicated."""
+    """Blueprint version, latest, then registry.tags ({blueprint}, {version}, {arch} substituted), deduplicated.
+    With registry.release_tags false (a review candidate) only registry.tags, which must then name one."""
     from edgeci.errors import ConfigError
 
+    release = [version, "latest"] if cfg.registry.release_tags else []
+    if not release and not cfg.registry.tags:
+        raise ConfigError("registry.release_tags is false but registry.tags names no tag", where="registry.tags",
+                          fix="give a review candidate its own tag, e.g. mr-<iid>-<sha>")
     out: list[str] = []
-    for raw in [version, "latest", *cfg.registry.tags]:
+    for raw in [*release, *cfg.registry.tags]:
         try:
             tag = str(raw).format(blueprint=name, version=version, arch=arch)
         except (KeyError, IndexError, ValueError):

@@ -238,6 +238,7 @@ def _review_variables(opts: ChildOptions) -> dict[str, str]:
     return {
         "EDGECI_REGISTRY_IMAGE": review_image(opts.registry_image),
         "EDGECI_REGISTRY_TAGS": opts.review_tag,
+        "EDGECI_REGISTRY_RELEASE_TAGS": "false",  # only the default branch pushes <version> and latest
         "EDGECI_STAGE_MODE": "serve",
         "EDGECI_STAGE_URL": "",
         "EDGECI_STAGE_PORT": "0",

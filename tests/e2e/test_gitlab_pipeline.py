@@ -217,7 +217,7 @@ def test_merge_request_candidate_has_its_own_tag_and_stage_and_the_stop_job_tear
     sections = _record(project.path)
     sha = subprocess.run(["git", "-C", str(project.path), "rev-parse", "--short=8", "HEAD"], capture_output=True,
                          text=True, check=True).stdout.strip()
-    assert f"mr-7-{sha}" in sections["push"]["tags"]
+    assert sections["push"]["tags"] == [f"mr-7-{sha}"]  # its own tag only: no version, no latest
     assert sections["push"]["destination"].endswith("gateway-review")
     assert not (project.path / "build" / "oci" / "gateway").exists()  # the release image was not touched
     assert (project.path / "build" / "stage" / "gateway-mr-7").is_dir()

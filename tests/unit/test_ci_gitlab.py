@@ -556,7 +556,7 @@ def test_review_candidates_get_their_own_image_tag_and_stage(mode: Mode, name: s
     doc = child_pipeline(TARGETS[:1], opts)
     assert {k: v for k, v in doc["variables"].items() if k.startswith(("EDGECI_REGISTRY", "EDGECI_STAGE"))} == {
         "EDGECI_REGISTRY_IMAGE": "docker://quay.example.com/edge/{blueprint}-review",
-        "EDGECI_REGISTRY_TAGS": tag,
+        "EDGECI_REGISTRY_TAGS": tag, "EDGECI_REGISTRY_RELEASE_TAGS": "false",
         "EDGECI_STAGE_MODE": "serve", "EDGECI_STAGE_URL": "", "EDGECI_STAGE_PORT": "0",
         "EDGECI_STAGE_DIR": f"/srv/stage/{{blueprint}}-{name}"}
     # the shared stage host serves releases only: a review candidate is served by edgeci on the runner
@@ -564,6 +564,10 @@ def test_review_candidates_get_their_own_image_tag_and_stage(mode: Mode, name: s
     # and really is its own: the configuration the jobs load says so
     cfg = load_config(env={k: v for k, v in doc["variables"].items() if k.startswith("EDGECI_")})
     assert cfg.registry.image.endswith("-review") and cfg.registry.tags == [tag]
+    # only the default branch pushes the release tags (<version>, latest): a review candidate its own tag alone
+    from edgeci.registry import tags_for
+
+    assert cfg.registry.release_tags is False and tags_for(cfg, "gateway", "1.0.1", "x86_64") == [tag]
     assert cfg.stage.dir.endswith(name) and cfg.stage.mode == "serve" and cfg.stage.port == 0
 
 
