@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from edgeci.errors import EXIT_FAILED, PromotionRefused
-from edgeci.imagemode import promote, sign
+from edgeci.imagemode import release as promote
+from edgeci.imagemode import sign
 from tests.fixtures.promote import GpgKeys
 from tests.fixtures.registry import Registry
 from tests.integration import test_imagemode_sign as ts

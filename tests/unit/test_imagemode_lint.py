@@ -9,7 +9,8 @@ import pytest
 
 from edgeci import checks
 from edgeci.errors import BlueprintError
-from edgeci.imagemode import build, lint, source
+from edgeci.imagemode import build, source
+from edgeci.imagemode import containerfile_rules as lint
 from edgeci.tools.run import have
 
 REPO = Path(__file__).resolve().parents[2]
