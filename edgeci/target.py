@@ -128,8 +128,11 @@ def ref_of(cfg: Config, name: str, arch: str, rec: BuildRecord | None = None) ->
 
 
 def invalidates(section: str) -> Callable[[StageRun], StageRun]:
-    """A stage's run(): when it fails with an error, its record section is marked failed and every later one
-    dropped, so an older candidate's passed sections never carry `run --resume` past the failure."""
+    """A stage's run(): when it fails because of the candidate (an error with exit 1, e.g. the stage serves
+    another commit), its record section is marked failed and every later one dropped, so passed sections of an
+    earlier attempt never carry `run --resume` past the failure. An infrastructure error (exit 2: a registry
+    answering 500, a server unreachable) records nothing: what the record says is still true, and a retry
+    resumes where it stopped."""
     from edgeci.errors import EdgeCIError
 
     def wrap(fn: StageRun) -> StageRun:
@@ -138,6 +141,8 @@ def invalidates(section: str) -> Callable[[StageRun], StageRun]:
             try:
                 return fn(args, cfg)
             except EdgeCIError as e:
+                if e.exit_code != 1:
+                    raise
                 try:
                     name, arch = target(cfg, args)
                     path = record_file(cfg, name, arch)
