@@ -16,11 +16,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeci.errors import EvidenceError, KeyFileError, VerificationError
+from edgeci.record import now_iso
 
 if TYPE_CHECKING:
     from edgeci.config import Config
@@ -35,10 +36,6 @@ SYSTEM_POLICY = "/etc/edgeci/trust.yaml"
 # CI identities of the job that signs: the builder of a statement
 BUILDER_ENV = ("CI_JOB_URL", "BUILD_URL")
 INVOCATION_ENV = ("CI_PIPELINE_ID", "BUILD_TAG")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def bundle_path(record_path: Path) -> Path:
@@ -121,7 +118,6 @@ def sign_compose(rec: BuildRecord, default_ref: str, *, blueprint_path: str, blu
 
     compose = rec.section("compose")
     bp = rec.get("blueprint") or {}
-    checksum = rec.checksum
     job, inv = builder(env)
     prov = ComposeProvenance(
         blueprint_path=blueprint_path, blueprint_sha256=blueprint_sha256, git_commit=str(bp.get("git_sha") or ""),
@@ -132,10 +128,8 @@ def sign_compose(rec: BuildRecord, default_ref: str, *, blueprint_path: str, blu
         variables=dict(variables or {}),
         builder_id=job, invocation_id=inv,
         finished_on=now_iso())
-    from edgeci.evidence import subjects
-
-    stmt = prov.statement(subjects(checksum, rec.ref(default_ref)))
-    return _add(bundle_path(rec.path), checksum, sign(stmt, key), fresh=True)
+    checksum, subj = _subjects(rec, default_ref)
+    return _add(bundle_path(rec.path), checksum, sign(prov.statement(subj), key), fresh=True)
 
 
 def compose_evidence(cfg: Config, rec: BuildRecord, name: str, arch: str, *, blueprint_file: Path,
@@ -244,25 +238,23 @@ def load_policies(cfg: Config, explicit: str | None, *, system: str = SYSTEM_POL
                       fix="create it (docs/trust.md; 'edgeci keys init ROLE' makes the keys) or pass --policy FILE")
 
 
-def ensure_demo_trust(cfg: Config, *, backends: Sequence[str]) -> tuple[Path, dict[str, str]]:
-    """The embedded default's demo keys and trust policy under <build>/trust (made once, kept after): returns
-    the policy path and the EDGECI_<ROLE>_KEY variables pointing at the demo private keys."""
-    from edgeci.evidence import SigningKey, env_var, load_signing_key, write_key_pair
+def ensure_demo_trust(cfg: Config, *, backends: Sequence[str]) -> Path:
+    """The embedded default's demo keys and trust policy under <build>/trust (made once, kept after; a key file
+    that does not load is made again); returns the policy's path. signing_key() finds the keys there."""
+    from edgeci.evidence import SigningKey, load_signing_key, write_key_pair
     from edgeci.record import atomic_write_text
 
     d = demo_dir(cfg)
     keys = d / "keys"
-    env: dict[str, str] = {}
     for role in ("compose", "boot-test", "approver"):
-        priv = keys / f"{role}.key"
-        if priv.is_file() and (keys / f"{role}.pub").is_file():
+        usable = (keys / f"{role}.pub").is_file()
+        if usable:
             try:
-                load_signing_key(role, priv)
+                load_signing_key(role, keys / f"{role}.key")
             except KeyFileError:
-                write_key_pair(SigningKey.generate(role, name=f"demo-{role}"), keys, force=True)
-        else:
+                usable = False
+        if not usable:
             write_key_pair(SigningKey.generate(role, name=f"demo-{role}"), keys, force=True)
-        env[env_var(role)] = str(priv)
     policy = d / "trust.yaml"
     text = "\n".join([
         "# The embedded default's demo trust policy, made by 'edgeci run' with demo keys under keys/.",
@@ -280,7 +272,7 @@ def ensure_demo_trust(cfg: Config, *, backends: Sequence[str]) -> tuple[Path, di
     ])
     if not policy.is_file() or policy.read_text(encoding="utf-8") != text:
         atomic_write_text(policy, text)
-    return policy, env
+    return policy
 
 
 # -- verification -----------------------------------------------------------------------------------
@@ -298,32 +290,53 @@ def load_candidate_bundle(rec: BuildRecord) -> Bundle:
                                     "EDGECI_BOOT_TEST_KEY) and approve with EDGECI_APPROVER_KEY") from None
 
 
+@dataclass
+class Verification:
+    """The chain checked against every trust policy: one result per policy (each with the stricter of that
+    policy and the project's settings), and the lines where the project's settings differ from a policy."""
+
+    results: list[ChainResult]
+    settings: list[Any]  # trust.Effective, one per policy
+    differences: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def approvals_required(self) -> int:
+        return max(s.approvals_required for s in self.settings)
+
+    @property
+    def signing_required(self) -> bool:
+        return any(s.require_signed_production for s in self.settings)
+
+    def first_failure(self) -> VerificationError | None:
+        for r in self.results:
+            try:
+                r.raise_if_failed()
+            except VerificationError as e:
+                return e
+        return None
+
+
 def verify(policies: Policies, bundle: Bundle, checksum: str, *, project: Mapping[str, Any] | None = None,
            image_digest: str | None = None, external_approvals: Iterable[Any] = (),
-           now: datetime | None = None, first_release: bool = False) -> tuple[list[ChainResult], list[str]]:
-    """The chain checked against every policy (the stricter of each and the project's settings); returns the
-    results and the lines where the project's settings differ from a policy. Never raises for a broken
-    link: callers decide (promote refuses, verify reports)."""
+           now: datetime | None = None, first_release: bool = False) -> Verification:
+    """The chain checked against every policy. Never raises for a broken link: callers decide (promote refuses,
+    verify reports)."""
     from edgeci.evidence import verify_chain
     from edgeci.trust import effective
 
-    results, diffs = [], []
+    out = Verification([], [], [])
     externals = list(external_approvals)
     for policy in policies.policies:
         eff, d = effective(policy, project)
-        diffs += [f"{policy.source}: {line}" for line in d]
-        results.append(verify_chain(bundle, policy, checksum, image_digest=image_digest, now=now, settings=eff,
-                                    external_approvals=externals, first_release=first_release))
-    return results, diffs
-
-
-def first_failure(results: Sequence[ChainResult]) -> VerificationError | None:
-    for r in results:
-        try:
-            r.raise_if_failed()
-        except VerificationError as e:
-            return e
-    return None
+        out.settings.append(eff)
+        out.differences += [f"{policy.source}: {line}" for line in d]
+        out.results.append(verify_chain(bundle, policy, checksum, image_digest=image_digest, now=now, settings=eff,
+                                        external_approvals=externals, first_release=first_release))
+    return out
 
 
 def production_key(policies: Policies) -> tuple[str, str]:
@@ -332,12 +345,6 @@ def production_key(policies: Policies) -> tuple[str, str]:
         if p.production.gpg_key:
             return p.production.gpg_key, p.production.gpg_homedir
     return "", ""
-
-
-def signing_required(policies: Policies, project: Mapping[str, Any] | None) -> bool:
-    from edgeci.trust import effective
-
-    return any(effective(p, project)[0].require_signed_production for p in policies.policies)
 
 
 # -- publication ------------------------------------------------------------------------------------
@@ -380,16 +387,14 @@ def fetch_published(repo: str, checksum: str, *, timeout: float = 30) -> Bundle:
                                     where=str(path), fix="promote it with edgeci (it publishes the bundle)")
         return load_bundle(path)
     url = f"{repo.rstrip('/')}/{PUBLISHED_DIR}/{checksum}.json"
+    text = fetch_text(url, timeout=timeout)
+    if text is None:
+        raise VerificationError(f"production publishes no evidence for {checksum[:12]}", code="bundle",
+                                where=url, fix="promote it with edgeci (it publishes the bundle)")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            data = json.loads(resp.read().decode("utf-8"))
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            raise VerificationError(f"production publishes no evidence for {checksum[:12]}", code="bundle",
-                                    where=url, fix="promote it with edgeci (it publishes the bundle)") from None
-        raise EvidenceError(f"cannot read the evidence bundle: HTTP {e.code}", where=url) from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise EvidenceError(f"cannot read the evidence bundle: {getattr(e, 'reason', e)}", where=url) from None
+        data = json.loads(text)
+    except ValueError as e:
+        raise EvidenceError(f"the evidence bundle is not JSON: {e}", where=url) from None
     if not isinstance(data, dict) or not isinstance(data.get("envelopes"), list):
         raise EvidenceError("the evidence bundle is not an edgeci bundle", where=url)
     return Bundle(str(data.get("checksum") or ""), [e for e in data["envelopes"] if isinstance(e, dict)])

@@ -66,14 +66,15 @@ Publisher = Callable[[Path], str]
 
 @dataclass
 class PromoteRequest:
-    """What the record says about the candidate (built by the stage glue)."""
+    """The candidate to promote (its ref, checksum, stage from the record) and the decision the gate step checks
+    (built by the stage glue from the verified evidence)."""
 
     ref: str
     checksum: str
     version: str | None
     parent: str | None
     stage_url: str
-    gate: Mapping[str, Any]  # the record's gate section
+    gate: Mapping[str, Any]  # {checksum, decision, status, approvals}: what the evidence proved
     blueprint: str = ""
     arch: str = ""
     image_digest: str = ""
@@ -148,7 +149,7 @@ class _Steps:
 
 
 def check_gate(req: PromoteRequest) -> str:
-    """Step 1: refuse unless the record's gate approved exactly this checksum; returns the approvers."""
+    """Step 1: refuse unless the decision approves exactly this checksum; returns the approvers."""
     gate = req.gate or {}
     if not gate:
         raise PromotionRefused("the gate has not run for this candidate", fix="run 'edgeci gate' first")

@@ -149,8 +149,8 @@ def invalidates(section: str) -> Callable[[StageRun], StageRun]:
                     rec = BuildRecord.load(path) if path.is_file() else None
                 except EdgeCIError:
                     rec = None
-                if (rec is not None and rec.get(section) is not None) or (rec is not None and any(
-                        rec.get(s) is not None for s in SECTIONS[SECTIONS.index(section) + 1:])):
+                # only when there is something to invalidate: this section or a later one
+                if rec is not None and any(rec.get(s) is not None for s in SECTIONS[SECTIONS.index(section):]):
                     rec.set(section, {"error": e.render()}, status=FAILED)
                     rec.save()
                 raise

@@ -99,7 +99,7 @@ def _demo_trust(cfg: Config) -> None:
     backend = choose_backend(cfg.boot_test.backend)
     backends = ["qemu", "libvirt"] if backend in ("qemu", "libvirt") else [backend]
     fresh = not (attest.demo_dir(cfg) / "trust.yaml").is_file()
-    policy, _ = attest.ensure_demo_trust(cfg, backends=backends)
+    policy = attest.ensure_demo_trust(cfg, backends=backends)
     if fresh:
         say(f"demo signing keys and trust policy for this machine's production: {policy} (compose, boot-test "
             "and approvals are signed with them; a real production host keeps its own policy, docs/trust.md)")

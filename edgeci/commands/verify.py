@@ -80,8 +80,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         when = datetime.fromisoformat(str(release["time"]).replace("Z", "+00:00"))
     bundle = attest.fetch_published(repo, checksum)
     first = bool(release) and not (release or {}).get("previous")
-    results, _ = attest.verify(policies, bundle, checksum, now=when, first_release=first)
-    passed = all(r.passed for r in results)
+    checked = attest.verify(policies, bundle, checksum, now=when, first_release=first)
+    results, passed = checked.results, checked.passed
     if args.json:
         out: dict[str, Any] = {"checksum": checksum, "repo": repo, "passed": passed,
                                "release": release, "policies": [p.source for p in policies.policies],
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             say(f"  signed: {row['what']} by the {row['role']} key {row['key']} at {row['time'] or '?'}")
         if release is None:
             warn(f"{checksum[:12]} is not in production's releases log: it was not promoted by edgeci")
-    failure = attest.first_failure(results)
+    failure = checked.first_failure()
     if failure is not None:
         raise failure
     say(f"verify: every link holds for {checksum}")

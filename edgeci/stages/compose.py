@@ -280,7 +280,7 @@ def _compose(args: argparse.Namespace, cfg: Config, name: str, arch: str, path: 
                "warnings": warnings, "version": str(info.get("version") or bp.version)}
     rec.set("compose", section)
     rec.save()
-    _sign(cfg, rec, name, arch, path, rendered.variables)
+    _sign(cfg, rec, name, arch, path, bp.checks_path, rendered.variables)
     output = "\n".join([f"commit {section['commit']}", f"ref {request.ref}",
                         f"parent {section['parent'] or '(none)'}", f"artifact {artifact} sha256 {sha}",
                         f"blueprint {bp_section['path']} sha256 {bp.sha256}",
@@ -296,7 +296,8 @@ def _compose(args: argparse.Namespace, cfg: Config, name: str, arch: str, path: 
     return 0
 
 
-def _sign(cfg: Config, rec: BuildRecord, name: str, arch: str, blueprint: Path, variables: dict[str, str]) -> None:
+def _sign(cfg: Config, rec: BuildRecord, name: str, arch: str, blueprint: Path, checks: Path,
+          variables: dict[str, str]) -> None:
     """Signed provenance of this compose (EDGECI_COMPOSE_KEY): the first link of the evidence production checks."""
     from edgeci.attest import compose_evidence, signing_key
     from edgeci.evidence import env_var
@@ -307,7 +308,6 @@ def _sign(cfg: Config, rec: BuildRecord, name: str, arch: str, blueprint: Path, 
         warn(f"compose {name}/{arch}: {env_var('compose')} is not set: no signed provenance, and production will "
              "not accept this candidate")
         return
-    checks = blueprint.with_name(f"{blueprint.stem}.checks.yaml")
     bundle = compose_evidence(cfg, rec, name, arch, blueprint_file=blueprint, checks_file=checks, key=key,
                               variables=variables)
     say(f"compose {name}/{arch}: signed the provenance with the compose key {key.public.label} -> {bundle}")

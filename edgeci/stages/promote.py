@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from edgeci.config import Config
 
 if TYPE_CHECKING:
+    from edgeci.attest import Policies, Verification
+    from edgeci.evidence import Bundle
     from edgeci.promotion import PromoteRequest
     from edgeci.record import BuildRecord
 
@@ -56,7 +58,10 @@ def image_fetcher(cfg: Config) -> Any:
     return fetch
 
 
-def request(cfg: Config, rec: BuildRecord, name: str, arch: str) -> PromoteRequest:
+def request(cfg: Config, rec: BuildRecord, name: str, arch: str, approvers: list[str],
+            approvals_required: int) -> PromoteRequest:
+    """What the transaction promotes: the record names the candidate; its decision is what the verified evidence
+    proved (the approvers counted from signed statements or read again from their source)."""
     from edgeci.promotion import PromoteRequest
 
     cand = rec.candidate(cfg.ref(name, arch))
@@ -66,31 +71,33 @@ def request(cfg: Config, rec: BuildRecord, name: str, arch: str) -> PromoteReque
         version=cand.version,
         parent=cand.parent,
         stage_url=cand.stage_url,
-        gate=cand.gate.as_dict() if cand.gate else {},
+        gate={"checksum": cand.checksum, "decision": "approved", "status": "passed",
+              "approvals": [{"user": u, "checksum": cand.checksum} for u in approvers]},
         blueprint=name,
         arch=arch,
         image_digest=cand.image_digest,
         image_ref=cand.image_ref,
         packages=cand.packages,
         blueprint_info=rec.get("blueprint") or {},
-        approvals_required=cfg.gate.approvals_required,
+        approvals_required=approvals_required,
         allow_fork=cfg.gate.allow_fork,
         windows=list(cfg.gate.windows),
         freeze=list(cfg.gate.freeze),
     )
 
 
-def verify_evidence(cfg: Config, args: argparse.Namespace, rec: BuildRecord, name: str, arch: str) -> Any:
-    """The candidate's chain checked against the trust policies; (policies, bundle, results, effective
-    project-vs-policy approvals required). Raises VerificationError (exit 1) naming the first broken link."""
+def verify_evidence(cfg: Config, args: argparse.Namespace, rec: BuildRecord, name: str,
+                    arch: str) -> tuple[Policies, Bundle, Verification]:
+    """The candidate's chain checked against the trust policies; VerificationError (exit 1) naming the first
+    broken link."""
     from edgeci import attest
-    from edgeci.trust import effective, project_settings
+    from edgeci.production import ProdSettings, read_production
+    from edgeci.trust import project_settings
     from edgeci.ui import say, warn
 
     policies = attest.load_policies(cfg, getattr(args, "policy", None))
     if policies.demo:
         say(f"promote {name}/{arch}: the embedded default's demo trust policy ({policies.sources})")
-    project = project_settings(cfg)
     cand = rec.candidate(cfg.ref(name, arch))
     bundle = attest.load_candidate_bundle(rec)
     external: list[Any] = []
@@ -101,21 +108,18 @@ def verify_evidence(cfg: Config, args: argparse.Namespace, rec: BuildRecord, nam
         ctx = SourceContext(cfg, work_dir(cfg, name, arch), blueprint_file(cfg, name, rec.get("blueprint")),
                             options={"approver": None})
         external = [a for a in gather(cfg.gate.source, ctx, cand).approvals if a.status != "rejected"]
-    from edgeci.production import ProdSettings, read_production
-
     first = read_production(ProdSettings.from_config(cfg), cand.ref).production.commit is None
-    results, diffs = attest.verify(policies, bundle, cand.checksum, project=project, external_approvals=external,
-                                   first_release=first)
-    for line in diffs:
+    checked = attest.verify(policies, bundle, cand.checksum, project=project_settings(cfg),
+                            external_approvals=external, first_release=first)
+    for line in checked.differences:
         warn(f"promote {name}/{arch}: {line}")
-    for r in results:
+    for r in checked.results:
         for line in r.lines():
             say(f"promote {name}/{arch}: evidence {line}")
-    failure = attest.first_failure(results)
+    failure = checked.first_failure()
     if failure is not None:
         raise failure
-    required = max(effective(p, project)[0].approvals_required for p in policies.policies)
-    return policies, bundle, results, required
+    return policies, bundle, checked
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -126,13 +130,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.promotion import plan, promote
     from edgeci.record import FAILED
     from edgeci.target import load_record, target
-    from edgeci.trust import project_settings
     from edgeci.ui import say, step_printer
 
     name, arch = target(cfg, args)
     rec = load_record(cfg, name, arch)
     rec.require("compose")  # a failed compose is refused by name, not as an empty checksum
-    req = request(cfg, rec, name, arch)
+    ref, checksum = rec.ref(cfg.ref(name, arch)), rec.checksum
     settings = ProdSettings.from_config(cfg)
     if args.source:
         settings.source = args.source
@@ -140,16 +143,16 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     def failed(e: EdgeCIError, case: str) -> None:
         write_junit(cfg.reports_dir, "promote", name, arch,
                     [Case(case, Outcome.FAILED if e.exit_code == 1 else Outcome.ERROR, e.render())])
-        rec.set("promote", {"repo": str(settings.repo), "ref": req.ref, "checksum": req.checksum,
+        rec.set("promote", {"repo": str(settings.repo), "ref": ref, "checksum": checksum,
                             "error": e.render()}, status=FAILED)
         rec.save()
 
     try:
-        policies, bundle, results, required = verify_evidence(cfg, args, rec, name, arch)
+        policies, bundle, checked = verify_evidence(cfg, args, rec, name, arch)
         key, home = attest.production_key(policies)
         if key:
             settings.gpg_key, settings.gpg_homedir = key, home
-        if attest.signing_required(policies, project_settings(cfg)) and not settings.gpg_key:
+        if checked.signing_required and not settings.gpg_key:
             raise ConfigError("the trust policy requires a signed production, but no production GPG key is set",
                               where=policies.sources,
                               fix="set production.gpg_key (and gpg_homedir) in the trust policy")
@@ -157,10 +160,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         failed(e, "evidence")
         raise
     # The gate step of the transaction sees what the evidence proved, not what the record says.
-    approvers = [a.approver for a in results[0].approvals]
-    req.gate = {"checksum": req.checksum, "decision": "approved", "status": "passed",
-                "approvals": [{"user": u, "checksum": req.checksum} for u in approvers]}
-    req.approvals_required = required
+    approvers = [a.approver for a in checked.results[0].approvals]
+    req = request(cfg, rec, name, arch, approvers, checked.approvals_required)
     if args.dry_run:
         say(f"plan for promoting {name} {arch} {req.checksum} to {settings.repo} ({req.ref}):")
         for line in plan(settings, req):
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         failed(e, "promotion")
         raise
     cases = [Case(st.name, Outcome.PASSED, "", st.detail, st.seconds) for st in result.steps]
-    cases.append(Case("evidence", Outcome.PASSED, "", "\n".join(line for r in results for line in r.lines())))
+    cases.append(Case("evidence", Outcome.PASSED, "", "\n".join(line for r in checked.results for line in r.lines())))
     write_junit(cfg.reports_dir, "promote", name, arch, cases)
     section = result.as_record()
     section["evidence"] = {"published": str(published), "approvers": approvers,
