@@ -48,6 +48,15 @@ class ApprovalSource(Protocol):
         ...
 
 
+class Source:
+    """What every source shares: its context (configuration, work directory, blueprint, environment, options)."""
+
+    name = ""
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+
+
 def source(name: str, ctx: SourceContext) -> ApprovalSource:
     from edgeci.errors import ConfigError
 

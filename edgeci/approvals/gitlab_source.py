@@ -21,12 +21,12 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from edgeci.approvals import Source
 from edgeci.errors import GateError
 from edgeci.gitlab_api import Connection, connect
 from edgeci.policy import Approval, Evidence, Person, approve_mark
 
 if TYPE_CHECKING:
-    from edgeci.approvals import SourceContext
     from edgeci.record import Candidate
 
 CHECKSUM_VARIABLE = "EDGECI_CHECKSUM"
@@ -133,13 +133,10 @@ def collect(cfg: Any, checksum: str, *, merge_request: int | None = None, deploy
     return ev
 
 
-class GitLabSource:
+class GitLabSource(Source):
     """Deployment approvals of the protected environment and merge-request approvals, read through the API."""
 
     name = "gitlab"
-
-    def __init__(self, ctx: SourceContext) -> None:
-        self.ctx = ctx
 
     def collect(self, candidate: Candidate) -> Evidence:
         o = self.ctx.options

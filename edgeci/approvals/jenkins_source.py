@@ -20,15 +20,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from edgeci.approvals import Source
 from edgeci.errors import GateError
 from edgeci.jenkins_api import job_url
 from edgeci.policy import Approval, Evidence, Person
+from edgeci.record import now_iso
 
 if TYPE_CHECKING:
-    from edgeci.approvals import SourceContext
     from edgeci.record import Candidate
 
 CHECKSUM_PARAMETER = "EDGECI_CHECKSUM"
@@ -126,18 +126,15 @@ def collect(cfg: Any, checksum: str, *, approver: str | None = None, approved_ch
     groups: frozenset[str] | None = None if cfg.gate.allowed_groups else frozenset()
     for user in recorded:
         ev.approvals.append(Approval(
-            user=user, checksum=named, time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            user=user, checksum=named, time=now_iso(),
             source=f"jenkins input {job} #{number}", groups=groups))
     return ev
 
 
-class JenkinsSource:
+class JenkinsSource(Source):
     """The input step's submitter of the build that asked for approval, read through the Jenkins API."""
 
     name = "jenkins"
-
-    def __init__(self, ctx: SourceContext) -> None:
-        self.ctx = ctx
 
     def collect(self, candidate: Candidate) -> Evidence:
         o = self.ctx.options

@@ -16,16 +16,15 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeci.approvals import Source
 from edgeci.errors import GateError
 from edgeci.policy import CHECKSUM_RE, Approval, Evidence, Person
-from edgeci.record import atomic_write_text
+from edgeci.record import atomic_write_text, now_iso
 
 if TYPE_CHECKING:
-    from edgeci.approvals import SourceContext
     from edgeci.record import Candidate
 
 APPROVALS_DIR = "approvals"
@@ -33,10 +32,6 @@ APPROVALS_DIR = "approvals"
 AUTHOR_ENV = (("EDGECI_AUTHOR", "author"), ("GITLAB_USER_LOGIN", "pipeline triggerer"),
               ("GITLAB_USER_EMAIL", "pipeline triggerer"), ("BUILD_USER_ID", "pipeline triggerer"),
               ("BUILD_USER_EMAIL", "pipeline triggerer"))
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _file_name(user: str) -> str:
@@ -54,7 +49,7 @@ def write_approval(work_dir: Path, checksum: str, user: str, *, comment: str = "
     if not user.strip():
         raise GateError("the approver's name is empty", fix="pass --as NAME")
     path = approvals_dir(work_dir) / checksum / f"{_file_name(user)}.json"
-    data = {"user": user.strip(), "checksum": checksum, "time": when or _now(), "comment": comment,
+    data = {"user": user.strip(), "checksum": checksum, "time": when or now_iso(), "comment": comment,
             "source": "local"}
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
@@ -245,13 +240,10 @@ def collect(work_dir: Path, blueprint_path: Path | None, env: Mapping[str, str] 
                     notes=a.notes, authors_unknown=a.unknown)
 
 
-class LocalSource:
+class LocalSource(Source):
     """Approval files under the build directory (`edgeci approve`), and the local authors."""
 
     name = "local"
-
-    def __init__(self, ctx: SourceContext) -> None:
-        self.ctx = ctx
 
     def collect(self, candidate: Candidate) -> Evidence:
         """The approval files and CI identities; gather() adds the change's git authors."""
