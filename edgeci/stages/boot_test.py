@@ -122,7 +122,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     rec.set("boot_test", section, status=PASSED if result.ok else FAILED)
     rec.save()
     if key is not None:
-        checks_sha = sha256_file(checks_file) if checks_file.is_file() else ""
+        # the hash the checks file was verified against before the boots, not the file read again
+        checks_sha = recorded or (sha256_file(checks_file) if checks_file.is_file() else "")
         bundle = sign_boot_test(rec, cfg.ref(name, arch), checks_sha256=checks_sha, key=key)
         say(f"boot-test {name}/{arch}: signed the result with the boot-test key {key.public.label} -> {bundle}")
     else:
