@@ -14,18 +14,17 @@ signatures to production unchanged, so the device's policy maps the production r
 (`remapIdentity`, `signed_prefix` below): the signature says "stage/NAME@DIGEST is this image", and the
 device accepts it for prod/NAME@DIGEST and no other repository.
 
-skopeo runs through edgeci.tools.run with `--registries.d` (a global option) and GNUPGHOME in its
-environment, which tools.skopeo.copy cannot pass yet; its error classification is reused.
+skopeo runs through edgeci.tools.skopeo.copy with `--registries.d`/`--policy` (global options), GNUPGHOME in
+its environment and a hook that names refused or unstorable signatures; everything else is its classification.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ from typing import Any
 import yaml
 
 from edgeci.errors import ConfigError, RegistryError
-from edgeci.tools.run import mask, run
-from edgeci.tools.skopeo import Creds, _last_message, _tls, classify, temp_authfile
+from edgeci.tools import skopeo
+from edgeci.tools.run import mask
+from edgeci.tools.skopeo import Creds, _last_message
 
 PathLike = str | os.PathLike[str]
 DEVICE_POLICY = "etc/containers/policy.json"
@@ -213,21 +213,6 @@ def write_device_config(
 
 # -- skopeo copy with signatures ---------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _authfiles(src: str, src_ep: Endpoint | None, dest: str, dest_ep: Endpoint | None) -> Iterator[list[str]]:
-    with contextlib.ExitStack() as stack:
-        flags: list[str] = []
-        for side, ref, ep in (("src", src, src_ep), ("dest", dest, dest_ep)):
-            if ep is None or not ref.startswith("docker://"):
-                continue
-            flags += _tls(f"{side}-tls-verify", ep.tls_verify)
-            if ep.creds is not None:
-                flags.append(f"--{side}-authfile={stack.enter_context(temp_authfile(ref, ep.creds))}")
-            elif ep.authfile:
-                flags.append(f"--{side}-authfile={ep.authfile}")
-        yield flags
-
-
 @dataclass
 class CopyResult:
     digest: str
@@ -247,37 +232,38 @@ def copy(
     remove_signatures: bool = False,
     timeout: float | None = 3600,
 ) -> CopyResult:
-    """skopeo [--registries.d DIR] [--policy FILE] copy … SRC DEST; the manifest digest written. Failures
-    become RegistryError naming the registry (or the signature policy that refused the source)."""
-    with tempfile.TemporaryDirectory(prefix="edgeci-copy-") as tmp, \
-            _authfiles(src, src_endpoint, dest, dest_endpoint) as auth:
-        digestfile = Path(tmp) / "digest"
-        argv = ["skopeo"]
-        if registries_d is not None:
-            argv.append(f"--registries.d={os.fspath(registries_d)}")
-        if policy is not None:
-            argv.append(f"--policy={os.fspath(policy)}")
-        argv += ["copy", *auth, f"--digestfile={digestfile}"]
-        if all_images:
-            argv.append("--all")
-        if preserve_digests:
-            argv.append("--preserve-digests")
-        if remove_signatures:
-            argv.append("--remove-signatures")
-        env: dict[str, str] = {}
-        if signer is not None:
-            argv += signer.argv()
-            env.update(signer.env())
-        r = run([*argv, src, dest], timeout=timeout, env=env or None, check=False)
-        if not r.ok:
-            raise _classify_copy(r.stderr, src, dest, had_creds=bool(auth))
-        digest = digestfile.read_text().strip() if digestfile.exists() else ""
-    if not DIGEST_RE.fullmatch(digest):
-        raise RegistryError(f"skopeo wrote no manifest digest (got {digest[:80]!r})", where=dest)
+    """skopeo [--registries.d DIR] [--policy FILE] copy … SRC DEST (edgeci.tools.skopeo.copy); the manifest
+    digest written. Failures become RegistryError naming the registry, the signature policy that refused the
+    source, or the signature that could not be made or stored."""
+    src_ep, dest_ep = src_endpoint or Endpoint(), dest_endpoint or Endpoint()
+    global_options = []
+    if registries_d is not None:
+        global_options.append(f"--registries.d={os.fspath(registries_d)}")
+    if policy is not None:
+        global_options.append(f"--policy={os.fspath(policy)}")
+    extra = (["--all"] if all_images else []) + (["--remove-signatures"] if remove_signatures else [])
+    if signer is not None:
+        extra += signer.argv()
+
+    def on_error(stderr: str, image: str, had_creds: bool) -> RegistryError | None:
+        return _classify_signatures(stderr, src, dest)
+
+    with tempfile.TemporaryDirectory(prefix="edgeci-copy-") as tmp:
+        digest = skopeo.copy(
+            src, dest, digestfile=Path(tmp) / "digest",
+            src_tls_verify=src_ep.tls_verify, dest_tls_verify=dest_ep.tls_verify,
+            src_creds=src_ep.creds, dest_creds=dest_ep.creds,
+            src_authfile=src_ep.authfile, dest_authfile=dest_ep.authfile,
+            preserve_digests=preserve_digests, extra=extra, global_options=global_options,
+            env=signer.env() if signer is not None else None, on_error=on_error, timeout=timeout)
+    if digest is None or not DIGEST_RE.fullmatch(digest):
+        raise RegistryError(f"skopeo wrote no manifest digest (got {str(digest)[:80]!r})", where=dest)
     return CopyResult(digest)
 
 
-def _classify_copy(stderr: str, src: str, dest: str, *, had_creds: bool) -> RegistryError:
+def _classify_signatures(stderr: str, src: str, dest: str) -> RegistryError | None:
+    """A refused source signature or a signature that could not be made or stored; None for anything else
+    (edgeci.tools.skopeo.classify names the registry then)."""
     text = stderr.lower()
     if "source image rejected" in text or ("signature" in text and ("rejected" in text or "invalid" in text)):
         msg = re.search(r"Source image rejected: ([^\n\"]*)", stderr)
@@ -288,8 +274,7 @@ def _classify_copy(stderr: str, src: str, dest: str, *, had_creds: bool) -> Regi
                              where=dest,
                              fix="check the signing key (GNUPGHOME, fingerprint) and that registries.d gives the "
                                  "repository a writable lookaside-staging or sigstore attachments")
-    image = dest if dest.startswith("docker://") or not src.startswith("docker://") else src
-    return classify(stderr, image, had_creds=had_creds)
+    return None
 
 
 def signature_store(registries_d: PathLike | None, repo: str) -> dict[str, Any]:

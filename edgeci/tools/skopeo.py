@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,6 +200,9 @@ def _tls(flag: str, verify: bool | None) -> list[str]:
     return [] if verify is None else [f"--{flag}={'true' if verify else 'false'}"]
 
 
+ErrorHook = Callable[[str, str, bool], "RegistryError | None"]
+
+
 def _call(
     argv: list[str],
     image: str,
@@ -209,20 +212,24 @@ def _call(
     attempts: int,
     backoff: float,
     sleep: Sleep,
+    env: Mapping[str, str] | None = None,
+    on_error: ErrorHook | None = None,
 ) -> Completed:
-    """Run skopeo, retrying (bounded, exponential backoff) while the registry answers 5xx."""
+    """Run skopeo, retrying (bounded, exponential backoff) while the registry answers 5xx. `on_error(stderr,
+    image, had_creds)` may turn a failure into its own RegistryError first (None: the usual classification)."""
     attempt = 0
     delay = backoff
     while True:
         attempt += 1
-        r = run(argv, timeout=timeout, check=False)
+        r = run(argv, timeout=timeout, check=False, env=dict(env) if env else None)
         if r.ok:
             return r
         if status_5xx(r.stderr) and attempt < max(1, attempts):
             sleep(delay)
             delay = min(delay * 2, 30.0)
             continue
-        raise classify(r.stderr, image, had_creds=had_creds, attempts=attempt)
+        own = on_error(r.stderr, image, had_creds) if on_error is not None else None
+        raise own or classify(r.stderr, image, had_creds=had_creds, attempts=attempt)
 
 
 @contextlib.contextmanager
@@ -245,18 +252,28 @@ def copy(
     authfile: str | None = None,
     src_creds: Creds | None = None,
     dest_creds: Creds | None = None,
+    src_authfile: str | None = None,
+    dest_authfile: str | None = None,
     preserve_digests: bool = False,
     extra: Sequence[str] = (),
+    global_options: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    on_error: ErrorHook | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
     attempts: int = DEFAULT_5XX_ATTEMPTS,
     backoff: float = DEFAULT_BACKOFF,
     sleep: Sleep = time.sleep,
 ) -> str | None:
-    """skopeo copy SRC DEST; returns the manifest digest written to `digestfile` (when given)."""
+    """skopeo [GLOBAL_OPTIONS] copy SRC DEST; returns the manifest digest written to `digestfile` (when given).
+
+    `authfile` serves both sides, `src_authfile`/`dest_authfile` one side each (credentials win over both);
+    `global_options` go before `copy` (--registries.d, --policy); `env` is added to skopeo's environment
+    (GNUPGHOME for signing); `on_error` may classify a failure itself (see _call)."""
     # Which side talks to a registry decides which reference names the error.
     image = dest if dest.startswith("docker://") or not src.startswith("docker://") else src
-    with _auth(src, authfile, src_creds) as src_auth, _auth(dest, authfile, dest_creds) as dest_auth:
-        argv = ["skopeo", "copy"]
+    with _auth(src, src_authfile or authfile, src_creds) as src_auth, \
+            _auth(dest, dest_authfile or authfile, dest_creds) as dest_auth:
+        argv = ["skopeo", *global_options, "copy"]
         if retry_times is not None:
             argv.append(f"--retry-times={retry_times}")
         argv += _tls("src-tls-verify", src_tls_verify) if src.startswith("docker://") else []
@@ -271,7 +288,7 @@ def copy(
             argv.append("--preserve-digests")
         argv += [*extra, src, dest]
         _call(argv, image, had_creds=bool(src_auth or dest_auth), timeout=timeout, attempts=attempts,
-              backoff=backoff, sleep=sleep)
+              backoff=backoff, sleep=sleep, env=env, on_error=on_error)
     if digestfile is None:
         return None
     digest = Path(digestfile).read_text().strip()
