@@ -174,6 +174,34 @@ class LintConfig:
 
 
 @dataclass
+class ImageModeConfig:
+    """Image mode (bootc): blueprints/NAME/Containerfile images (docs/image-mode.md). Candidates go to
+    registry.image (docker://HOST/REPO); production images to `registry`. Security settings here (signing, its
+    keys, allowed_base_tags, hadolint) are raised but never lowered by EDGECI_IMAGE_MODE_* or --set."""
+
+    # production images, docker://HOST/REPO ({blueprint}); default: registry.image's host, prod/{blueprint}
+    registry: str = ""
+    prod_tag: str = "stable"  # the tag devices follow; promote moves it last
+    stage_tag: str = "stage"  # the stage: this tag of the candidate repository points at the candidate digest
+    signing: str = "gpg"  # gpg | sigstore | none (none: only in the file; devices then accept nothing)
+    gpg_key: str = ""  # fingerprint of the signing key (its secret half in gpg_homedir)
+    gpg_homedir: str = ""
+    gpg_public_key: str = ""  # armored public key file for the device policy (default: exported from gpg_homedir)
+    sigstore_key: str = ""  # cosign-format private key file
+    sigstore_public_key: str = ""
+    sigstore_passphrase_file: str = ""
+    lookaside: str = "build/sigstore"  # where CI writes GPG signatures (registries.d lookaside-staging)
+    lookaside_url: str = ""  # where devices read them (default: file:// of lookaside)
+    allowed_base_tags: list[str] = field(default_factory=lambda: ["registry.redhat.io/rhel10/rhel-bootc:10.*"])
+    hadolint: str = "auto"  # auto (when installed) | required | off
+    base: str = "local"  # local: edgeci's own bootable test base, passed as --build-arg BASE (no
+    # registry.redhat.io here); "": the Containerfile's own FROM; else a base reference pinned by digest
+    build_args: dict[str, str] = field(default_factory=dict)
+    releases_dir: str = "build/prod/images/{blueprint}"  # releases.json and the published evidence
+    follow_tags: bool = False  # device policy: accept any tag of the production repository (bootc upgrade)
+
+
+@dataclass
 class BlueprintConfig:
     ref: str = ""  # default rhel/9/<arch>/edge, or …/edge/<name> when there are several
     distro: str = ""
@@ -192,6 +220,7 @@ class Config:
     boot_test: BootTestConfig = field(default_factory=BootTestConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     lint: LintConfig = field(default_factory=LintConfig)
+    image_mode: ImageModeConfig = field(default_factory=ImageModeConfig)
     blueprints: dict[str, BlueprintConfig] = field(default_factory=dict)
 
     # Not from the file: where it came from and the directory paths are relative to.
@@ -472,6 +501,8 @@ def _validate(cfg: Config, ctx: _Ctx) -> None:
     _choice(cfg.prod.fsck, ("changed", "full"), ("prod", "fsck"), ctx)
     _choice(cfg.prod.source, ("stage", "image"), ("prod", "source"), ctx)
     _choice(cfg.project.image_type, IMAGE_TYPES, ("project", "image_type"), ctx)
+    _choice(cfg.image_mode.signing, ("gpg", "sigstore", "none"), ("image_mode", "signing"), ctx)
+    _choice(cfg.image_mode.hadolint, HADOLINT_ORDER, ("image_mode", "hadolint"), ctx)
     for name, bp in cfg.blueprints.items():
         if bp.image_type:
             _choice(bp.image_type, IMAGE_TYPES, ("blueprints", name, "image_type"), ctx)
@@ -551,6 +582,33 @@ def _lowered(file_cfg: Config, cfg: Config) -> list[tuple[tuple[str, ...], str]]
                         else "replaced by another key"))
     if fp.gpg_key and p.gpg_homedir != fp.gpg_homedir:
         out.append((("prod", "gpg_homedir"), "another keyring for the production key"))
+    out += _image_mode_lowered(file_cfg.image_mode, cfg.image_mode)
+    return out
+
+
+HADOLINT_ORDER = ("off", "auto", "required")
+
+
+def _image_mode_lowered(fi: ImageModeConfig, i: ImageModeConfig) -> list[tuple[tuple[str, ...], str]]:
+    """image_mode's security settings: signing, its keys, the allowed base tags and hadolint."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    if fi.signing != "none" and i.signing != fi.signing:
+        out.append((("image_mode", "signing"), f"{fi.signing} -> {i.signing}"))
+    for key in ("gpg_key", "gpg_public_key", "sigstore_key", "sigstore_public_key"):
+        before, after = getattr(fi, key), getattr(i, key)
+        if before and after != before:
+            out.append((("image_mode", key), "emptied: images would be unsigned" if not after
+                        else "replaced by another key"))
+    if fi.gpg_key and i.gpg_homedir != fi.gpg_homedir:
+        out.append((("image_mode", "gpg_homedir"), "another keyring for the image signing key"))
+    if not set(i.allowed_base_tags) <= set(fi.allowed_base_tags):
+        out.append((("image_mode", "allowed_base_tags"), "allows base tags the file does not"))
+    if fi.base != i.base:
+        out.append((("image_mode", "base"), f"another base image ({fi.base or 'the Containerfile'} -> "
+                                            f"{i.base or 'the Containerfile'})"))
+    rank = {m: n for n, m in enumerate(HADOLINT_ORDER)}
+    if rank.get(i.hadolint, 0) < rank.get(fi.hadolint, 0):
+        out.append((("image_mode", "hadolint"), f"{fi.hadolint} -> {i.hadolint}"))
     return out
 
 
