@@ -102,8 +102,11 @@ def _add(path: Path, checksum: str, envelope: Mapping[str, Any], *, fresh: bool 
 
 def _subjects(rec: BuildRecord, default_ref: str) -> tuple[str, list[Any]]:
     from edgeci.evidence import subjects
+    from edgeci.evidence.statement import image_mode_subjects
 
     cand = rec.candidate(default_ref)
+    if (rec.get("compose") or {}).get("kind") == "image":  # image mode: the image digest is the subject
+        return cand.checksum, image_mode_subjects(cand.checksum, cand.ref)
     return cand.checksum, subjects(cand.checksum, cand.ref, cand.image_digest or None, cand.blueprint)
 
 

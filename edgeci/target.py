@@ -22,16 +22,40 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, help="architecture (default: the blueprint's first, x86_64)")
 
 
+def is_image(cfg: Config, name: str) -> bool:
+    """Whether blueprint NAME is an image-mode (bootc) image, blueprints/NAME/Containerfile
+    (edgeci.imagemode.source.kind_of: BlueprintError when NAME is both kinds)."""
+    from edgeci.imagemode.source import CONTAINERFILE, KIND_IMAGE, kind_of
+
+    if not valid_name(name) or not (cfg.blueprints_dir / name / CONTAINERFILE).is_file():
+        return False
+    return kind_of(cfg.blueprints_dir, name) == KIND_IMAGE
+
+
+def blueprint_names(cfg: Config) -> list[str]:
+    """Every blueprint: blueprints/NAME.toml and blueprints/NAME/Containerfile, sorted."""
+    from edgeci.imagemode.source import discover
+
+    d = cfg.blueprints_dir
+    toml = {p.stem for p in d.glob("*.toml")} if d.is_dir() else set()
+    return sorted(toml | {s.name for s in discover(d)})
+
+
 def blueprint_path(cfg: Config, name_or_path: str) -> Path:
-    """blueprints/NAME.toml for a name, or the path itself; BlueprintError naming both when missing."""
+    """blueprints/NAME.toml (or, image mode, blueprints/NAME/Containerfile) for a name, or the path itself;
+    BlueprintError naming both when missing."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or "/" in name_or_path:
         candidate = p if p.is_absolute() else Path.cwd() / p
     else:
         check_target(name_or_path, ARCHES[0])
         candidate = cfg.blueprints_dir / f"{name_or_path}.toml"
+        if is_image(cfg, name_or_path):
+            from edgeci.imagemode.source import CONTAINERFILE
+
+            candidate = cfg.blueprints_dir / name_or_path / CONTAINERFILE
     if not candidate.is_file():
-        known = sorted(x.stem for x in cfg.blueprints_dir.glob("*.toml")) if cfg.blueprints_dir.is_dir() else []
+        known = blueprint_names(cfg)
         raise BlueprintError(
             f"no blueprint '{name_or_path}'",
             where=str(candidate),
@@ -73,7 +97,12 @@ def check_location(path: Path, root: Path | None = None) -> None:
 
 
 def blueprint_name(name_or_path: str) -> str:
-    return Path(name_or_path).stem if name_or_path.endswith(".toml") else name_or_path
+    """NAME from NAME, blueprints/NAME.toml or (image mode) blueprints/NAME/Containerfile."""
+    if name_or_path.endswith(".toml"):
+        return Path(name_or_path).stem
+    if Path(name_or_path).name == "Containerfile" and "/" in name_or_path:
+        return Path(name_or_path).parent.name
+    return name_or_path
 
 
 def check_target(name: str, arch: str) -> None:

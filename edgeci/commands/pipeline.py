@@ -74,7 +74,10 @@ def _argv(stage: str, cfg: Config, name: str, arch: str, config_args: list[str],
         url = served_prod if url and served_prod else url  # the same repo, over HTTP
         return [*argv, "--url", url] if url else argv
     if stage == "stage":
-        return [*config_args, "stage", cfg.stage.mode, name, "--arch", arch]
+        from edgeci.target import is_image
+
+        mode = "serve" if is_image(cfg, name) and cfg.stage.mode == "serve" else cfg.stage.mode
+        return [*config_args, "stage", mode, name, "--arch", arch]
     return [*config_args, stage, name, "--arch", arch]
 
 
@@ -110,9 +113,10 @@ def _demo_trust(cfg: Config) -> None:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.errors import BlueprintError
     from edgeci.reposerver import RepoServer
+    from edgeci.target import blueprint_names
     from edgeci.ui import say
 
-    names = args.blueprints or sorted(p.stem for p in cfg.blueprints_dir.glob("*.toml"))
+    names = args.blueprints or blueprint_names(cfg)
     if not names:
         raise BlueprintError("no blueprints to run", where=str(cfg.blueprints_dir),
                              fix="add blueprints/NAME.toml or name the blueprints to build")
@@ -150,7 +154,10 @@ def _run_all(args: argparse.Namespace, cfg: Config, names: list[str], config_arg
                 say(f"{name}/{arch}: already promoted ({record.section('promote').get('version') if record else ''})")
                 continue
             # promotion pulls from the stage: make sure it still serves when resuming past it
-            if args.resume and first > 3 and cfg.stage.mode == "serve" and not _stage_server_running(record):
+            from edgeci.target import is_image
+
+            serves = cfg.stage.mode == "serve" and not is_image(cfg, name)  # an image's stage is a registry tag
+            if args.resume and first > 3 and serves and not _stage_server_running(record):
                 say(f"{name}/{arch}: the stage server is not running; serving the stage again")
                 first = 3
             code, i = 0, first

@@ -2,7 +2,9 @@
 
 A subject is the ostree commit, named "ostree-commit:<ref>" with digest {"sha256": <commit checksum>}
 (an ostree commit checksum is the SHA-256 of the commit object), and, when the candidate was pushed,
-the OCI image, named "oci-image:<name>" with digest {"sha256": <hex of the manifest digest>}.
+the OCI image, named "oci-image:<name>" with digest {"sha256": <hex of the manifest digest>}. An image-mode
+(bootc) candidate has the image as its only subject, named "oci-image:<HOST/REPO:TAG devices follow>"; its
+"checksum" everywhere in the chain is the hex of the manifest digest.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ def commit_subject(checksum: str, ref: str) -> Subject:
 
 def image_subject(digest: str, name: str = "") -> Subject:
     return Subject(f"{IMAGE_PREFIX}{name or 'edge-container'}", {"sha256": image_hex(digest)})
+
+
+def image_mode_subjects(digest: str, ref: str) -> list[Subject]:
+    """An image-mode (bootc) candidate's one subject: the image, named by the reference devices follow."""
+    return [image_subject(digest, ref)]
 
 
 def subjects(checksum: str, ref: str, image_digest: str | None = None, image_name: str = "") -> list[Subject]:
@@ -125,9 +132,15 @@ class Statement:
 
     @property
     def ref(self) -> str:
+        """The commit subject's ref; for an image-mode statement (an image subject only) the image's name,
+        which is the reference devices follow (HOST/REPO:TAG)."""
         for s in self.subject:
             if s.is_commit:
                 return s.name[len(COMMIT_PREFIX):]
+        if not self.commits:
+            for s in self.subject:
+                if s.is_image:
+                    return s.name[len(IMAGE_PREFIX):]
         return ""
 
     def covers(self, checksum: str, image_digest: str | None = None, *, require_image: bool = False) -> bool:
@@ -146,6 +159,8 @@ def coverage_problem(statement: Statement, checksum: str, image_digest: str | No
     with `require_image`, it must name that image), else why not, in words."""
     want = (checksum or "").lower()
     commits = statement.commits
+    if not commits and want in statement.images:
+        return ""  # an image-mode candidate: its subject is the image, the checksum its manifest digest's hex
     if want not in commits:
         named = ", ".join(c[:12] for c in commits) or "no ostree commit"
         return f"the statement is about {named}, not {want[:12]}"

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,12 +91,14 @@ def promote(
     stage_endpoint: Endpoint | None = None,
     prod_endpoint: Endpoint | None = None,
     signer: Signer | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Promotion:
     """Copy STAGE@DIGEST to PROD:VERSION with its signatures (plus a production signature when `signer`),
     then move PROD:PROD_TAG to it and append to the releases log.
 
     `expected_previous` is the digest PROD:PROD_TAG pointed at when the gate decided (None: the tag did not
-    exist). PromotionRefused (exit 1) when the version does not go up or the tag moved since."""
+    exist). PromotionRefused (exit 1) when the version does not go up or the tag moved since. `extra` is kept
+    in the release's log entry (approvers, blueprint, packages, layers)."""
     if not DIGEST_RE.match(digest):
         raise PromotionError(f"'{digest}' is not a manifest digest", where="promote",
                              fix="promote the digest the boot test recorded (sha256:…)")
@@ -136,6 +139,7 @@ def promote(
         raise PromotionError(f"{tag_ref} now points at {moved.digest}, not {digest}", where=tag_ref)
     refs = [version_ref, tag_ref, f"docker://{prod_repo}@{digest}"]
     releases.append({
+        **dict(extra or {}),
         "version": version, "digest": digest, "previous": previous, "tag": prod_tag,
         "source": f"docker://{stage_repo}@{digest}", "refs": refs,
         "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

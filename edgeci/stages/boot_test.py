@@ -55,6 +55,9 @@ def candidate_from_record(cfg: Config, rec: BuildRecord, name: str, arch: str) -
 def _checks_path(cfg: Config, rec: BuildRecord, name: str) -> Path:
     from edgeci.target import blueprint_path
 
+    recorded_checks = (rec.get("blueprint") or {}).get("checks_path")
+    if recorded_checks and (rec.get("blueprint") or {}).get("kind") == "image":
+        return cfg.path(str(recorded_checks))
     recorded = rec.section("blueprint").get("path")
     bp = cfg.path(str(recorded)) if recorded else blueprint_path(cfg, name)
     if not bp.is_file():
@@ -95,14 +98,30 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     checks = parsed.checks
     if not checks:
         warn(f"boot-test {name}/{arch}: no checks in {checks_file}: only the boot and the booted commit are verified")
-    backend = choose_backend(args.backend or cfg.boot_test.backend)
-    require_tools(backend)
-    production = resolve_production(cfg.path(cfg.prod.repo), cfg.prod.url, candidate.ref)
+    from edgeci.stages import _image
+
+    image = _image.is_image_record(rec)
     only = tuple(args.scenario) if args.scenario else SCENARIOS
     base_dir = work_dir(cfg, name, arch) / "boot-test"
-    scripts = render_scripts(parsed, candidate.version or "") if backend == "libvirt" else {}
-    factory = guest_factory(cfg, backend, base_dir, osname_for(cfg.distro(name)), candidate, f"{name}-{arch}",
-                           scripts)
+    if image:  # image mode: edgeci's stand-in for bootc drives a sysroot device (edgeci.imagemode.device)
+        from edgeci.imagemode.device import STANDIN, BootcStandInGuest
+
+        backend = _image.boot_backend(cfg, args.backend or cfg.boot_test.backend)
+        require_tools(backend)
+        for prog in BootcStandInGuest.TOOLS:
+            from edgeci.tools.run import which
+
+            which(prog)
+        production = _image.production(cfg, name).production
+        factory = _image.device_factory(cfg, name, base_dir, osname_for(cfg.distro(name)))
+        say(f"boot-test {name}/{arch}: the device is updated by {STANDIN}")
+    else:
+        backend = choose_backend(args.backend or cfg.boot_test.backend)
+        require_tools(backend)
+        production = resolve_production(cfg.path(cfg.prod.repo), cfg.prod.url, candidate.ref)
+        scripts = render_scripts(parsed, candidate.version or "") if backend == "libvirt" else {}
+        factory = guest_factory(cfg, backend, base_dir, osname_for(cfg.distro(name)), candidate, f"{name}-{arch}",
+                               scripts)
     say(f"boot-test {name}/{arch}: candidate {candidate.checksum} ({candidate.version}) from {candidate.stage_url}, "
         f"backend {backend}; production "
         f"{production.commit or 'empty (first release)'}")
@@ -119,6 +138,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         "delta_bytes": result.delta_bytes,
         "full_bytes": result.full_bytes,
     }
+    if image:
+        section["device"] = STANDIN
     rec.set("boot_test", section, status=PASSED if result.ok else FAILED)
     rec.save()
     if key is not None:

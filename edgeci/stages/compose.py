@@ -129,6 +129,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.target import blueprint_path, record_file, target
 
     name, arch = target(cfg, args)
+    from edgeci.target import is_image
+
+    if is_image(cfg, name):  # image mode (bootc): compose = build the Containerfile
+        from edgeci.stages import _image
+
+        return _image.compose(args, cfg, name, arch)
     path = blueprint_path(cfg, args.blueprint)
     rec = BuildRecord.load_or_new(record_file(cfg, name, arch))
     try:

@@ -130,7 +130,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     rec.section("compose")
     candidate = rec.candidate(cfg.ref(name, arch))
     ref = candidate.ref
-    state = read_production(ProdSettings.from_config(cfg), ref)
+    from edgeci.stages import _image
+
+    image = _image.is_image_record(rec)
+    state = _image.production(cfg, name) if image else read_production(ProdSettings.from_config(cfg), ref)
     bp_path = blueprint_file(cfg, name, rec.get("blueprint"))
     options = {"merge_request": args.merge_request, "deployment": args.deployment, "approver": args.approver,
                "approved_checksum": args.approved_checksum, "build": args.build}
@@ -168,6 +171,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         output = "\n".join(shown) if r.name == "approvals-required" else ""
         cases.append(Case(r.name, outcome, message if outcome is not Outcome.PASSED else "", output or r.reason))
     write_junit(cfg.reports_dir, "gate", name, arch, cases)
-    rec.set("gate", verdict.as_record(), status=PASSED if verdict.approved else FAILED)
+    section = verdict.as_record()
+    if image:  # promote refuses when the production tag moved since this decision
+        section["production_digest"] = state.production.commit
+    rec.set("gate", section, status=PASSED if verdict.approved else FAILED)
     rec.save()
     return 0 if verdict.approved else 1

@@ -36,14 +36,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.blueprint import iter_blueprint_files, lint_file
     from edgeci.errors import BlueprintError
+    from edgeci.stages import _image
     from edgeci.ui import say
 
     if args.paths:
         paths = [Path(p) for p in args.paths]
-        files = iter_blueprint_files(paths)  # findings name the files as given
+        images = [_containerfile(p) for p in paths if _containerfile(p) is not None]
+        files = iter_blueprint_files([p for p in paths if _containerfile(p) is None])  # findings name them as given
+        images += [_containerfile(d) for p in paths if p.is_dir() for d in sorted(p.iterdir())
+                   if d.is_dir() and _containerfile(d) is not None]
     else:
+        from edgeci.imagemode.source import discover
+
         paths = [cfg.blueprints_dir]
         files = [_short(f) for f in iter_blueprint_files(paths)]
+        images = [_short(s.containerfile) for s in discover(cfg.blueprints_dir)]
+    image_results = []
+    for cf in images:
+        assert cf is not None
+        name, findings = _image.lint_image(cfg, cf)
+        _image.write_lint_outputs(cfg, cf, name, findings, _display(cfg, cf))
+        image_results.append((cf, name, findings))
+    if images and not files:
+        return _report_images(args, image_results)
     if not files:
         raise BlueprintError("no blueprints (*.toml) found", where=", ".join(str(p) for p in paths),
                              fix="add blueprints/NAME.toml or pass the blueprint files to lint")
@@ -64,6 +79,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     errors = sum(len(r.errors) for r in results)
     warnings = sum(len(r.warnings) for r in results)
+    if image_results:
+        errors = max(errors, _report_images(args, image_results))
     if args.json:
         say(json.dumps({
             "blueprints": [{"path": str(r.path), "name": r.name, "ok": r.ok,
@@ -76,6 +93,36 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 say(finding.line())
         say(f"lint: {len(results)} blueprint{'s' if len(results) != 1 else ''}, "
             f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}")
+    return 1 if errors else 0
+
+
+def _containerfile(path: Path) -> Path | None:
+    """An image-mode source: a Containerfile, or a directory holding one; else None."""
+    from edgeci.imagemode.source import CONTAINERFILE
+
+    if path.name == CONTAINERFILE and path.is_file():
+        return path
+    if path.is_dir() and (path / CONTAINERFILE).is_file():
+        return path / CONTAINERFILE
+    return None
+
+
+def _report_images(args: argparse.Namespace, results: list[tuple[Path, str, list[Any]]]) -> int:
+    """Print image-mode findings (file:line) and a summary line; 1 when any is an error."""
+    from edgeci.ui import say
+
+    errors = sum(1 for _, _, fs in results for f in fs if f.severity == "error")
+    warnings = sum(1 for _, _, fs in results for f in fs if f.severity != "error")
+    if args.json:
+        say(json.dumps({"images": [{"path": str(cf), "name": n, "ok": not any(f.severity == "error" for f in fs),
+                                    "findings": [f.as_dict() for f in fs]} for cf, n, fs in results],
+                        "errors": errors, "warnings": warnings}, indent=2))
+    else:
+        for _, _, fs in results:
+            for f in fs:
+                say(f.line())
+        say(f"lint: {len(results)} image{'s' if len(results) != 1 else ''} (Containerfile), {errors} "
+            f"error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}")
     return 1 if errors else 0
 
 

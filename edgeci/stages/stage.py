@@ -119,6 +119,10 @@ def serve(args: argparse.Namespace, cfg: Config) -> int:
     name, arch = target(cfg, args)
     rec = load_record(cfg, name, arch)
     rec.require("blueprint", "compose")
+    from edgeci.stages import _image
+
+    if _image.is_image_record(rec):  # image mode: the stage is a tag in the registry
+        return _image.stage(cfg, name, arch, rec, "serve")
     sdir = stage_dir(cfg, name, arch)
 
     def waiting(holder: str) -> None:
@@ -234,6 +238,11 @@ def stop(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.ui import say
 
     name, arch = target(cfg, args)
+    from edgeci.target import is_image
+
+    if is_image(cfg, name):
+        say(f"stage {name}/{arch}: image mode: the stage is the registry's stage tag, no server to stop")
+        return 0
     pid = stop_server(stage_dir(cfg, name, arch))
     if pid is None:
         say(f"stage {name}/{arch}: no stage server running")
@@ -251,6 +260,12 @@ def wait(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.ui import progress, say
 
     name, arch = target(cfg, args)
+    from edgeci.target import is_image
+
+    if is_image(cfg, name):  # image mode: the registry serves the candidate digest under the stage tag
+        from edgeci.stages import _image
+
+        return _image.stage(cfg, name, arch, load_record(cfg, name, arch), "wait", args.deadline)
     url = (args.url or cfg.stage.url).rstrip("/")
     if not url:
         raise ConfigError("stage.url is empty: nothing to wait for", where="stage.url",
