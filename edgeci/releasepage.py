@@ -31,6 +31,9 @@ class ReportData:
     delta_bytes: int | None = None
     full_bytes: int | None = None
     image: str = ""
+    # image mode (bootc): digest, base, layers (digest, size), full_bytes (every layer: a new device),
+    # update_bytes (the layers production lacks), downloaded_bytes (what the boot test's device downloaded)
+    image_mode: dict[str, Any] = field(default_factory=dict)
     generated: str = ""
     # the chain of evidence: who signed what, when ({role, key, what, time, verified}), and where it was checked
     evidence: list[dict[str, str]] = field(default_factory=list)
@@ -181,9 +184,31 @@ def render_html(d: ReportData) -> str:
         add("</ul>")
 
     add("<h2 id=\"delta\">Update size</h2>")
-    add(_delta_chart(d.delta_bytes, d.full_bytes))
+    if d.image_mode:
+        add(_image_mode_html(d.image_mode))
+    else:
+        add(_delta_chart(d.delta_bytes, d.full_bytes))
     add("</body></html>")
     return "\n".join(out)
+
+
+def _image_mode_html(im: dict[str, Any]) -> str:
+    """Image mode: the image and its layers, and what a device downloads for the update (the layers production
+    does not have) against the whole image — the image-mode counterpart of the ostree delta chart."""
+    rows = "".join(f"<tr><td><code>{_esc(x.get('digest'))}</code></td><td>{_esc(_fmt_bytes(x.get('size')))}</td>"
+                   f"<td>{'new' if x.get('new') else 'in production'}</td></tr>" for x in im.get("layers") or [])
+    full, update = im.get("full_bytes"), im.get("update_bytes")
+    parts = [f"<p>image <code>{_esc(im.get('digest'))}</code> on base {_esc(im.get('base_name') or '?')} "
+             f"<code>{_esc(im.get('base_digest') or '?')}</code></p>",
+             f"<table><tr><th>layer</th><th>size</th><th></th></tr>{rows}</table>",
+             f"<p>update download (changed layers): <strong>{_esc(_fmt_bytes(update))}</strong> of the full image "
+             f"{_esc(_fmt_bytes(full))}"
+             + (f" ({100.0 * update / full:.2f} %)" if update is not None and full else "") + "</p>"]
+    if im.get("downloaded_bytes") is not None:
+        parts.append(f"<p>the boot test's device downloaded {_esc(_fmt_bytes(im['downloaded_bytes']))} for the "
+                     f"upgrade (layers, config and manifest) — {_esc(im.get('device') or '')}</p>")
+    parts.append(_delta_chart(update, full))
+    return "\n".join(parts)
 
 
 def write(d: ReportData, out_dir: Path) -> tuple[Path, Path]:

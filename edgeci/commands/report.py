@@ -54,7 +54,10 @@ def collect(cfg: Config, name: str, arch: str) -> Any:
     commit = str(compose.get("commit", ""))
     ref = record.ref(cfg.ref(name, arch))
     settings = ProdSettings.from_config(cfg)
-    state = read_production(settings, ref)
+    from edgeci.stages import _image
+
+    image = _image.is_image_record(record)
+    state = _image.production(cfg, name) if image else read_production(settings, ref)
     releases = list(reversed(state.releases))
     # compare with the release before the candidate: production itself unless the candidate is it
     previous = next((r for r in releases if r.get("checksum") != commit), None)
@@ -82,10 +85,30 @@ def collect(cfg: Config, name: str, arch: str) -> Any:
         delta_bytes=boot.get("delta_bytes"),
         full_bytes=boot.get("full_bytes"),
         image=str(push.get("image_ref", "")),
+        image_mode=_image_mode(compose, push, boot, previous) if image else {},
         generated=now_iso(),
         evidence=evidence,
         evidence_policy=checked_by,
     )
+
+
+def _image_mode(compose: dict[str, Any], push: dict[str, Any], boot: dict[str, Any],
+                previous: dict[str, Any] | None) -> dict[str, Any]:
+    """An image-mode candidate's figures: digests, layers (new ones marked against the previous release's), the
+    full image, the update download (changed layers' bytes) and what the boot test's device downloaded."""
+    base = compose.get("base") or {}
+    had = {str(x.get("digest")) for x in (previous or {}).get("layers") or []}
+    layers = [{"digest": x.get("digest"), "size": x.get("size"), "new": str(x.get("digest")) not in had}
+              for x in compose.get("layers") or []]
+    full = sum(int(x.get("size") or 0) for x in layers)
+    update = push.get("update_bytes")
+    if update is None and previous is not None:
+        update = sum(int(x["size"] or 0) for x in layers if x["new"])
+    upgrade = ((boot.get("scenarios") or {}).get("upgrade") or {}).get("pull") or {}
+    return {"digest": compose.get("digest"), "base_name": base.get("name"), "base_digest": base.get("digest"),
+            "layers": layers, "full_bytes": full, "update_bytes": update if previous is not None or update else None,
+            "downloaded_bytes": upgrade.get("bytes"), "device": boot.get("device", ""),
+            "build_seconds": compose.get("duration"), "push_image_bytes": push.get("image_bytes")}
 
 
 def _evidence(cfg: Config, record: Any) -> tuple[list[dict[str, str]], str]:

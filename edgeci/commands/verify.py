@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 from typing import Any
 
 from edgeci.config import Config
@@ -62,18 +63,39 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.ui import say, warn
 
     repo = args.repo or cfg.prod.url or str(cfg.path(cfg.prod.repo))
-    if "://" not in repo and not (cfg.path(repo) / "config").is_file():
-        raise ConfigError("not an ostree repository", where=repo, fix="pass --repo PATH|URL of production")
+    image_mode = "://" not in repo and (cfg.path(repo) / "releases.json").is_file() \
+        and not (cfg.path(repo) / "config").is_file()
+    if "://" not in repo and not image_mode and not (cfg.path(repo) / "config").is_file():
+        raise ConfigError("not an ostree repository (nor an image-mode releases directory)", where=repo,
+                          fix="pass --repo PATH|URL of production, or image_mode.releases_dir for an image digest")
     if "://" not in repo:
         repo = str(cfg.path(repo))
-    checksum = _resolve(repo, args.commit)
+    if image_mode:  # image mode: an image digest, its releases log and published evidence (image_mode.releases_dir)
+        from edgeci.errors import VerificationError
+        from edgeci.imagemode.release import read_releases
+
+        checksum = args.commit.removeprefix("sha256:")
+        if not HEX64.match(checksum):
+            raise ConfigError(f"'{args.commit}' is not an image digest", where="DIGEST",
+                              fix="give the promoted image's sha256:<digest>")
+        image_releases = [{**r, "checksum": str(r.get("digest", "")).removeprefix("sha256:"),
+                           "ref": f"{r.get('tag', '')}", "time": r.get("promoted_at")}
+                          for r in read_releases(Path(repo) / "releases.json")]
+        if not any(r["checksum"] == checksum for r in image_releases):
+            raise VerificationError(f"production never released image sha256:{checksum[:12]}", code="commit",
+                                    where=repo, fix="check the digest and --repo")
+    else:
+        checksum = _resolve(repo, args.commit)
     if args.policy:
         from edgeci.trust import load_policy
 
         policies = attest.Policies([load_policy(args.policy)])
     else:
         policies = attest.load_policies(cfg, None)
-    releases = ReleasesLog(cfg.path(repo)).load() if "://" not in repo else releases_from_url(repo)
+    if image_mode:
+        releases = image_releases
+    else:
+        releases = ReleasesLog(cfg.path(repo)).load() if "://" not in repo else releases_from_url(repo)
     release = next((r for r in reversed(releases) if r.get("checksum") == checksum), None)
     when: datetime | None = None
     if release and release.get("time"):

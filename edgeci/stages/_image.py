@@ -88,8 +88,7 @@ def ci_registries_d(cfg: Config, name: str) -> Path:
     """build/imagemode/registries.d: where this job's skopeo writes and reads signatures of both repositories."""
     from edgeci.imagemode import sign
 
-    d, url = lookaside(cfg)
-    d.mkdir(parents=True, exist_ok=True)
+    d, url = lookaside(cfg)  # skopeo creates the directory when it writes the first signature
     use_sigstore = cfg.image_mode.signing == "sigstore"
     entry = sign.registries_d_entry(lookaside=url, lookaside_staging=None if use_sigstore else d.resolve().as_uri(),
                                     use_sigstore_attachments=use_sigstore)
