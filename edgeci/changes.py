@@ -50,7 +50,11 @@ _WORDS = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "C": "c
 
 
 def blueprint_name(path: str, bp_dir: str) -> str | None:
-    """NAME for bp_dir/NAME.toml or bp_dir/NAME.checks.yaml (directly inside bp_dir), else None."""
+    """NAME for bp_dir/NAME.toml or bp_dir/NAME.checks.yaml (directly inside bp_dir), or for any file under an
+    image-mode directory bp_dir/NAME/ (its Containerfile, checks.yaml and build context); else None."""
+    prefix = "" if bp_dir in ("", ".") else bp_dir.strip("/") + "/"
+    if path.startswith(prefix) and "/" in path[len(prefix):]:
+        return path[len(prefix):].split("/", 1)[0] or None
     parent, _, base = path.rpartition("/")
     if parent != bp_dir.strip("/") and not (parent == "" and bp_dir in ("", ".")):
         return None
@@ -115,14 +119,22 @@ def resolve_head(repo: Path, head: str) -> str:
 
 
 def _names_at(repo: Path, rev: str, bp_dir: str) -> set[str]:
-    """Blueprint names whose TOML exists at rev."""
+    """Blueprint names whose TOML (or, image mode, NAME/Containerfile) exists at rev."""
     out = set()
     for path in git.ls_tree(repo, rev, bp_dir):
         if path.endswith(TOML_SUFFIX) and not path.endswith(CHECKS_SUFFIX):
             name = blueprint_name(path, bp_dir)
             if name:
                 out.add(name)
+        elif "." not in path.rsplit("/", 1)[-1] and f"{path}/Containerfile" in git.ls_tree(repo, rev, path):
+            out.add(path.rsplit("/", 1)[-1])  # an image-mode directory, blueprints/NAME/Containerfile
     return out
+
+
+def _is_containerfile(path: str, bp_dir: str) -> bool:
+    prefix = "" if bp_dir in ("", ".") else bp_dir.strip("/") + "/"
+    rest = path[len(prefix):] if path.startswith(prefix) else ""
+    return rest.count("/") == 1 and rest.endswith("/Containerfile")
 
 
 def changed(
@@ -163,8 +175,9 @@ def changed(
         if e.status == "D":
             if new_name:
                 reasons.setdefault(new_name, []).append(f"{e.path} deleted")
-                (gone if e.path.endswith(TOML_SUFFIX) and not e.path.endswith(CHECKS_SUFFIX) else touched).add(
-                    new_name)
+                defining = (e.path.endswith(TOML_SUFFIX) and not e.path.endswith(CHECKS_SUFFIX)) \
+                    or _is_containerfile(e.path, bp_dir)
+                (gone if defining else touched).add(new_name)
             continue
         if new_name:
             what = f"{e.path} {word}" + (f" from {e.old_path}" if e.old_path else "")

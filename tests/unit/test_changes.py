@@ -33,7 +33,10 @@ def cs_of(repo: GitRepo, base: str, head: str = "HEAD", **kw: object):
 def test_blueprint_name_mapping() -> None:
     assert blueprint_name("blueprints/gw.toml", "blueprints") == "gw"
     assert blueprint_name("blueprints/gw.checks.yaml", "blueprints") == "gw"
-    assert blueprint_name("blueprints/sub/gw.toml", "blueprints") is None
+    # a file under blueprints/NAME/ belongs to the image-mode directory NAME (changed() keeps only names that
+    # are blueprints at HEAD, so a directory without a Containerfile selects nothing)
+    assert blueprint_name("blueprints/sub/gw.toml", "blueprints") == "sub"
+    assert blueprint_name("blueprints/img/Containerfile", "blueprints") == "img"
     assert blueprint_name("other/gw.toml", "blueprints") is None
     assert blueprint_name("blueprints/notes.md", "blueprints") is None
     assert blueprint_name("gw.toml", ".") == "gw"
@@ -297,3 +300,34 @@ def test_record_git_sha_is_head(repo: GitRepo, capsys, monkeypatch) -> None:
 
 def test_changes_error_is_an_edgeci_error() -> None:
     assert issubclass(ChangesError, EdgeCIError)
+
+
+def test_image_mode_directories_are_blueprints(tmp_path: Path) -> None:
+    """blueprints/NAME/ (Containerfile, checks.yaml, build context): any file in it changes NAME; --all lists it."""
+    import subprocess
+
+    from edgeci.changes import changed
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                       env={"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@x", "GIT_COMMITTER_NAME": "a",
+                            "GIT_COMMITTER_EMAIL": "a@x", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+
+    d = tmp_path / "blueprints" / "img"
+    d.mkdir(parents=True)
+    (d / "Containerfile").write_text("FROM x\n")
+    (d / "app.conf").write_text("a\n")
+    (tmp_path / "blueprints" / "notes").mkdir()
+    (tmp_path / "blueprints" / "notes" / "README").write_text("not an image\n")
+    (tmp_path / "blueprints" / "edge.toml").write_text('name = "edge"\nversion = "1.0.0"\n')
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    assert changed(tmp_path, None, all=True).changed == ["edge", "img"]
+    (d / "app.conf").write_text("b\n")
+    git("commit", "-qam", "two")
+    cs = changed(tmp_path, "HEAD~1")
+    assert cs.changed == ["img"] and cs.reasons["img"] == ["blueprints/img/app.conf modified"]
+    git("rm", "-rq", "blueprints/img")
+    git("commit", "-qm", "three")
+    assert changed(tmp_path, "HEAD~1").deleted == ["img"]

@@ -187,3 +187,38 @@ def test_good_container_names_and_a_bad_one(tmp_path: Path) -> None:
 def test_arches_and_blueprint_names_in_the_file(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), env={})
+
+
+IMAGE_MODE_FILE = """\
+image_mode:
+  signing: gpg
+  gpg_key: 0123456789ABCDEF0123456789ABCDEF01234567
+  gpg_homedir: /etc/edgeci/gnupg
+  allowed_base_tags: ["registry.redhat.io/rhel10/rhel-bootc:10.*"]
+  hadolint: required
+"""
+
+
+@pytest.mark.parametrize(("env", "overrides", "key", "how"), [
+    ({"EDGECI_IMAGE_MODE_SIGNING": "none"}, {}, "image_mode.signing", "gpg -> none"),
+    ({}, {"image_mode.gpg_key": ""}, "image_mode.gpg_key", "images would be unsigned"),
+    ({"EDGECI_IMAGE_MODE_GPG_HOMEDIR": "/tmp/mine"}, {}, "image_mode.gpg_homedir", "another keyring"),
+    ({}, {"image_mode.allowed_base_tags": ["quay.io/*"]}, "image_mode.allowed_base_tags", "allows base tags"),
+    ({"EDGECI_IMAGE_MODE_HADOLINT": "off"}, {}, "image_mode.hadolint", "required -> off"),
+    ({}, {"image_mode.base": "quay.io/x/y:latest"}, "image_mode.base", "another base image"),
+])
+def test_image_mode_security_settings_cannot_be_lowered(tmp_path: Path, env: dict[str, str],
+                                                        overrides: dict[str, object], key: str, how: str) -> None:
+    p = write(tmp_path, IMAGE_MODE_FILE)
+    load_config(p, env={})
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env=env, overrides=overrides)
+    assert e.value.exit_code == 2 and key in str(e.value) and how in str(e.value)
+
+
+def test_image_mode_settings_can_be_raised(tmp_path: Path) -> None:
+    p = write(tmp_path, IMAGE_MODE_FILE.replace("hadolint: required", "hadolint: auto"))
+    cfg = load_config(p, env={"EDGECI_IMAGE_MODE_HADOLINT": "required", "EDGECI_IMAGE_MODE_PROD_TAG": "prod"},
+                      overrides={"image_mode.allowed_base_tags": []})
+    assert cfg.image_mode.hadolint == "required" and cfg.image_mode.allowed_base_tags == []
+    assert cfg.image_mode.prod_tag == "prod"  # not a security setting
