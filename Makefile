@@ -44,3 +44,6 @@ npm:
 
 clean:
 	rm -rf build reports $(STAMP) .pytest_cache .mypy_cache .ruff_cache
+
+demo-image: deps
+	PYTHON=$(PYTHON) scripts/demo-image.sh
