@@ -79,13 +79,17 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     errors = sum(len(r.errors) for r in results)
     warnings = sum(len(r.warnings) for r in results)
-    if image_results:
-        errors = max(errors, _report_images(args, image_results))
+    image_errors = sum(1 for _, _, fs in image_results for f in fs if f.severity == "error")
+    if image_results and not args.json:
+        _report_images(args, image_results)
     if args.json:
         say(json.dumps({
             "blueprints": [{"path": str(r.path), "name": r.name, "ok": r.ok,
                             "findings": [{**f.as_dict(), "key": f.key} for f in r.findings]} for r in results],
             "errors": errors, "warnings": warnings,
+            **({"images": [{"path": str(cf), "name": n, "ok": not any(f.severity == "error" for f in fs),
+                            "findings": [f.as_dict() for f in fs]} for cf, n, fs in image_results]}
+               if image_results else {}),
         }, indent=2))
     else:
         for r in results:
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 say(finding.line())
         say(f"lint: {len(results)} blueprint{'s' if len(results) != 1 else ''}, "
             f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}")
-    return 1 if errors else 0
+    return 1 if errors or image_errors else 0
 
 
 def _containerfile(path: Path) -> Path | None:

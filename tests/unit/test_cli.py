@@ -68,7 +68,9 @@ def test_no_command_and_unknown_command_are_exit_2(capsys) -> None:
 def test_lint_clean_blueprints_exit_0(project: Path, capsys) -> None:
     code, out, err = main(capsys, "lint")
     assert code == 0 and err == ""
-    assert out.splitlines() == ["lint: 2 blueprints, 0 errors, 0 warnings"]
+    # the image-mode example (blueprints/gateway-bootc/Containerfile) is linted beside the TOML blueprints
+    assert out.splitlines() == ["lint: 1 image (Containerfile), 0 errors, 0 warnings",
+                                "lint: 2 blueprints, 0 errors, 0 warnings"]
     for name in ("gateway", "kiosk"):
         rec = json.loads((project / "build" / name / "x86_64" / "record.json").read_text())
         bp, lint = rec["sections"]["blueprint"], rec["sections"]["lint"]
