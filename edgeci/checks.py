@@ -409,14 +409,26 @@ def render_script(check: Check, version: str) -> str | None:
         body = (f"if cut -d: -f1 {db} | grep -qxF -- {_q(a)}; then echo {_q(f'{what} {a} exists')}; "
                 f"else echo {_q(f'no {what} {a} in {db}')}; exit 1; fi\n")
     elif check.kind == "service_enabled":
-        body = (f"for link in /etc/systemd/system/*.wants/{_q(a)}; do\n"
+        # On a running systemd: the unit must exist and its unit file be enabled (aliases such as Debian's
+        # sshd.service → ssh.service resolve to their unit). Without systemd (the busybox test OS): the link.
+        body = ("if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then\n"
+                f"  load=$(systemctl show -p LoadState --value {_q(a)})\n"
+                f"  state=$(systemctl show -p UnitFileState --value {_q(a)})\n"
+                f"  printf '%s: LoadState=%s UnitFileState=%s\\n' {_q(a)} \"$load\" \"$state\"\n"
+                "  [ \"$load\" = loaded ] && { [ \"$state\" = enabled ] || [ \"$state\" = enabled-runtime ]; }\n"
+                "  exit $?\n"
+                "fi\n"
+                f"for link in /etc/systemd/system/*.wants/{_q(a)}; do\n"
                 f"  if [ -L \"$link\" ] || [ -e \"$link\" ]; then printf '%s enabled: %s\\n' {_q(a)} \"$link\"; "
                 "exit 0; fi\n"
                 f"done\necho {_q(a + ' is not enabled')}\nexit 1\n")
     elif check.kind == "os_release_version":
+        # IMAGE_VERSION (os-release's field for an image's own version) when the OS has it, else VERSION
         body = (f"expected={_q(version)}\n"
-                "actual=$(sed -n 's/^VERSION=//p' /etc/os-release | head -n 1 | tr -d \"\\\"'\")\n"
-                "echo \"VERSION=$actual (expected $expected)\"\n"
+                "key=IMAGE_VERSION\n"
+                "grep -q '^IMAGE_VERSION=' /etc/os-release || key=VERSION\n"
+                "actual=$(sed -n \"s/^$key=//p\" /etc/os-release | head -n 1 | tr -d \"\\\"'\")\n"
+                "echo \"$key=$actual (expected $expected)\"\n"
                 "[ \"$actual\" = \"$expected\" ]\n")
     elif check.kind == "command":
         body = (f"out=$(sh -c {_q(a['run'])} 2>&1)\nrc=$?\nprintf '%s\\n' \"$out\"\n"
@@ -488,13 +500,13 @@ def _db_names(root: Path, db: str) -> list[str]:
 
 
 def _os_release_version(root: Path) -> str | None:
+    """IMAGE_VERSION when the os-release has it (an image-based OS's own version), else VERSION."""
     for path in ("/etc/os-release", "/usr/lib/os-release"):
         p = resolve_in_tree(root, path)
         if p.is_file():
-            for line in p.read_text(errors="replace").splitlines():
-                if line.startswith("VERSION="):
-                    return line.split("=", 1)[1].strip().strip("\"'")
-            return None
+            keys = dict(line.split("=", 1) for line in p.read_text(errors="replace").splitlines() if "=" in line)
+            value = keys.get("IMAGE_VERSION", keys.get("VERSION"))
+            return None if value is None else value.strip().strip("\"'")
     return None
 
 
@@ -532,7 +544,7 @@ def evaluate_in_tree(check: Check, tree_root: str | os.PathLike[str], version: s
         return False, f"{a} is not enabled"
     if check.kind == "os_release_version":
         actual = _os_release_version(root)
-        return actual == version, f"VERSION={actual} (expected {version})"
+        return actual == version, f"version {actual} (expected {version})"
     if check.kind == "booted_commit":
         expected = expected_commit
         if expected is None:

@@ -246,7 +246,7 @@ def test_evaluate_in_tree_fail_messages(tmp_path: Path) -> None:
     assert evaluate_in_tree(cf.by_name("g"), root, "1") == (False, "no group docker in /etc/group")
     assert evaluate_in_tree(cf.by_name("f"), root, "1") == (False, "/etc/nope does not exist")
     version = parse_checks(EXAMPLE).by_name("version")
-    assert evaluate_in_tree(version, root, "2.0.0") == (False, "VERSION=1.2.3 (expected 2.0.0)")
+    assert evaluate_in_tree(version, root, "2.0.0") == (False, "version 1.2.3 (expected 2.0.0)")
 
 
 def test_booted_commit(tmp_path: Path) -> None:
