@@ -54,7 +54,7 @@ def collect(cfg: Config, name: str, arch: str) -> Any:
     commit = str(compose.get("commit", ""))
     ref = record.ref(cfg.ref(name, arch))
     settings = ProdSettings.from_config(cfg)
-    from edgeci.stages import _image
+    from edgeci.imagemode import stages as _image
 
     image = _image.is_image_record(record)
     state = _image.production(cfg, name) if image else read_production(settings, ref)

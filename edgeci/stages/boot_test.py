@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     checks = parsed.checks
     if not checks:
         warn(f"boot-test {name}/{arch}: no checks in {checks_file}: only the boot and the booted commit are verified")
-    from edgeci.stages import _image
+    from edgeci.imagemode import stages as _image
 
     image = _image.is_image_record(rec)
     only = tuple(args.scenario) if args.scenario else SCENARIOS
@@ -116,10 +116,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         factory = _image.device_factory(cfg, name, base_dir, osname_for(cfg.distro(name)))
         say(f"boot-test {name}/{arch}: the device is updated by {STANDIN}")
     else:
-        backend = choose_backend(args.backend or cfg.boot_test.backend)
+        backend = choose_backend(args.backend or cfg.boot_test.backend, cfg)
         require_tools(backend)
         production = resolve_production(cfg.path(cfg.prod.repo), cfg.prod.url, candidate.ref)
-        scripts = render_scripts(parsed, candidate.version or "") if backend == "libvirt" else {}
+        # the devices reached over SSH get the checks as scripts (the busybox qemu OS reports its own)
+        scripts = render_scripts(parsed, candidate.version or "") if backend in ("libvirt", "device") else {}
         factory = guest_factory(cfg, backend, base_dir, osname_for(cfg.distro(name)), candidate, f"{name}-{arch}",
                                scripts)
     say(f"boot-test {name}/{arch}: candidate {candidate.checksum} ({candidate.version}) from {candidate.stage_url}, "

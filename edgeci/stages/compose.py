@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.target import is_image
 
     if is_image(cfg, name):  # image mode (bootc): compose = build the Containerfile
-        from edgeci.stages import _image
+        from edgeci.imagemode import stages as _image
 
         return _image.compose(args, cfg, name, arch)
     path = blueprint_path(cfg, args.blueprint)

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     rec.section("compose")
     candidate = rec.candidate(cfg.ref(name, arch))
     ref = candidate.ref
-    from edgeci.stages import _image
+    from edgeci.imagemode import stages as _image
 
     image = _image.is_image_record(rec)
     state = _image.production(cfg, name) if image else read_production(ProdSettings.from_config(cfg), ref)

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.blueprint import iter_blueprint_files, lint_file
     from edgeci.errors import BlueprintError
-    from edgeci.stages import _image
+    from edgeci.imagemode import stages as _image
     from edgeci.ui import say
 
     if args.paths:

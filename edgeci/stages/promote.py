@@ -108,7 +108,7 @@ def verify_evidence(cfg: Config, args: argparse.Namespace, rec: BuildRecord, nam
         ctx = SourceContext(cfg, work_dir(cfg, name, arch), blueprint_file(cfg, name, rec.get("blueprint")),
                             options={"approver": None})
         external = [a for a in gather(cfg.gate.source, ctx, cand).approvals if a.status != "rejected"]
-    from edgeci.stages import _image
+    from edgeci.imagemode import stages as _image
 
     if _image.is_image_record(rec):
         first = _image.production(cfg, name).production.commit is None
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     name, arch = target(cfg, args)
     rec = load_record(cfg, name, arch)
     rec.require("compose")  # a failed compose is refused by name, not as an empty checksum
-    from edgeci.stages import _image
+    from edgeci.imagemode import stages as _image
 
     if _image.is_image_record(rec):  # image mode: the tested digest, stage -> production with its signatures
         return _image.promote(args, cfg, name, arch, rec)

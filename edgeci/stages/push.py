@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     name, arch = target(cfg, args)
     rec = load_record(cfg, name, arch)
     rec.require("blueprint", "compose")
-    from edgeci.stages import _image
+    from edgeci.imagemode import stages as _image
 
     if _image.is_image_record(rec):  # image mode: signed push by digest
         return _image.push(cfg, name, arch, rec)

@@ -119,7 +119,7 @@ def serve(args: argparse.Namespace, cfg: Config) -> int:
     name, arch = target(cfg, args)
     rec = load_record(cfg, name, arch)
     rec.require("blueprint", "compose")
-    from edgeci.stages import _image
+    from edgeci.imagemode import stages as _image
 
     if _image.is_image_record(rec):  # image mode: the stage is a tag in the registry
         return _image.stage(cfg, name, arch, rec, "serve")
@@ -166,6 +166,8 @@ def _serve_locked(args: argparse.Namespace, cfg: Config, name: str, arch: str, r
         steps.begin("commit in image")
         check_repo_commit(extracted.repo, ref, commit)
         steps.end(f"{ref} -> {commit}")
+        steps.begin("delta from production")
+        steps.end(_delta_from_production(cfg, extracted.repo, ref, commit))
         steps.begin("serve")
         port = cfg.stage.port if args.port is None else args.port
         server = RepoServer(extracted.repo, host=cfg.stage.host, port=port, state_dir=sdir).start()
@@ -192,6 +194,31 @@ def _serve_locked(args: argparse.Namespace, cfg: Config, name: str, arch: str, r
         f"stop it with 'edgeci stage stop {name}'")
     say(f"stage {name}/{arch}: report {report}")
     return 0
+
+
+def _delta_from_production(cfg: Config, repo: Path, ref: str, commit: str) -> str:
+    """A static delta from production's commit to the candidate in the stage repo, so the upgrading device fetches
+    what it will fetch from production after the promotion (promote generates the same delta there)."""
+    from edgeci.boottest.scenarios import resolve_production
+    from edgeci.tools import ostree
+
+    production = resolve_production(cfg.path(cfg.prod.repo), cfg.prod.url, ref)
+    if not production.commit:
+        return "production is empty (first release): no delta"
+    if production.commit == commit:
+        return "the candidate is production's commit: no delta"
+    if not ostree.has_commit(repo, production.commit):
+        local = cfg.path(cfg.prod.repo)
+        if (local / "config").is_file():
+            ostree.pull_local(repo, local, [production.commit])
+        else:
+            ostree.remote_add(repo, "edgeci-prod", production.url)
+            ostree.pull(repo, "edgeci-prod", [f"{ref}@{production.commit}"])
+            ostree.delete_ref(repo, f"edgeci-prod:{ref}")
+            ostree.remote_delete(repo, "edgeci-prod")
+    ostree.static_delta_generate(repo, commit, from_=production.commit)
+    ostree.summary_update(repo)
+    return f"{production.commit[:12]} -> {commit[:12]} ({production.source})"
 
 
 def _check_sha256(path: Path, expected: object) -> None:
@@ -263,7 +290,7 @@ def wait(args: argparse.Namespace, cfg: Config) -> int:
     from edgeci.target import is_image
 
     if is_image(cfg, name):  # image mode: the registry serves the candidate digest under the stage tag
-        from edgeci.stages import _image
+        from edgeci.imagemode import stages as _image
 
         return _image.stage(cfg, name, arch, load_record(cfg, name, arch), "wait", args.deadline)
     url = (args.url or cfg.stage.url).rstrip("/")

@@ -1,6 +1,7 @@
 """Image mode (bootc) behind the stages: the glue each stage runs for a blueprints/NAME/Containerfile image.
 
-Not a stage of its own: lint, compose, push, stage, boot_test, gate and promote call these when the blueprint
+Not a stage of its own (edgeci/stages/ holds exactly the seven stages): lint, compose, push, stage, boot_test, gate
+and promote call these when the blueprint
 (or the record's compose.kind) is an image. The domain is edgeci.imagemode (source, containerfile_rules, build,
 sign, release, device). The candidate's "checksum" is the hex of its image digest everywhere the ostree kind
 has the commit checksum: the record, the gate's approvals, the signed evidence (subject = the image).
