@@ -1,7 +1,8 @@
 # The README's two commands: `make demo` and `make test`. Each installs what it needs, idempotently.
 PYTHON ?= python3
 APT_PACKAGES = git ostree skopeo docker-registry apache2-utils qemu-system-x86 busybox-static \
-	e2fsprogs gnupg rsync groovy gir1.2-ostree-1.0 python3-gi chromium buildah
+	e2fsprogs gnupg rsync groovy gir1.2-ostree-1.0 python3-gi chromium buildah \
+	mmdebstrap ovmf grub-efi-amd64-bin grub-common mtools dosfstools fdisk openssh-client
 GITLAB_CI_LOCAL = gitlab-ci-local@4.73.0
 STAMP = .deps
 

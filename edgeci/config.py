@@ -51,8 +51,14 @@ class ComposerConfig:
     poll_interval: float = 10.0
     poll_max_interval: float = 30.0
     deadline: float = 3600.0
-    kernel: str = ""  # local: path to a vmlinuz (default: Debian's linux-image-amd64, cached)
+    kernel: str = ""  # local, busybox OS: path to a vmlinuz (default: Debian's linux-image-amd64, cached)
     cache_dir: str = ""  # local: default ~/.cache/edgeci
+    # local: which OS the commit holds. device = Debian 12 packages with systemd, sshd and GRUB (the boot test's
+    # real device; the blueprint's packages are installed); busybox = the small test OS (seconds to build,
+    # no packages: unit-level tests). docs/testos.md says which runs where.
+    os: str = "device"
+    apt_mirror: str = ""  # local, device OS: a mirror URL or sources file (default: this machine's apt sources)
+    package_map: dict[str, str] = field(default_factory=dict)  # local, device OS: RHEL name -> Debian name
     size: int = 0
     upload_profile: str = ""  # weldr: a composer-cli upload profile TOML (provider + [settings])
     repositories: list[str] = field(default_factory=list)  # cloud: RPM repository baseurls to build from
@@ -125,12 +131,15 @@ class LibvirtConfig:
 
 @dataclass
 class BootTestConfig:
-    backend: str = "auto"  # auto (qemu if installed, else sysroot) | qemu | sysroot | libvirt
+    # auto (device for the local device OS, else qemu if installed, else sysroot) | device | qemu | sysroot | libvirt
+    backend: str = "auto"
     memory: int = 512
     timeout: float = 120.0
     kvm: str = "auto"  # auto (probe) | on | off
     kvm_probe_timeout: float = 5.0  # seconds a KVM guest gets to print its kernel banner (auto)
     parallel: bool = True  # install and upgrade+rollback run on two devices at once
+    device_memory: int = 1024  # MiB for the device backend's VM (a systemd OS with sshd)
+    upgrade_from: int = 2  # the upgrade scenario starts from each of the last N production releases
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
 
 
@@ -495,7 +504,8 @@ def _validate(cfg: Config, ctx: _Ctx) -> None:
     _choice(cfg.composer.backend, ("local", "weldr", "cloud"), ("composer", "backend"), ctx)
     _choice(cfg.composer.upload_target, ("local", "aws.s3"), ("composer", "upload_target"), ctx)
     _choice(cfg.stage.mode, ("serve", "wait"), ("stage", "mode"), ctx)
-    _choice(cfg.boot_test.backend, ("auto", "qemu", "sysroot", "libvirt"), ("boot_test", "backend"), ctx)
+    _choice(cfg.composer.os, ("device", "busybox"), ("composer", "os"), ctx)
+    _choice(cfg.boot_test.backend, ("auto", "device", "qemu", "sysroot", "libvirt"), ("boot_test", "backend"), ctx)
     _choice(cfg.boot_test.kvm, ("auto", "on", "off"), ("boot_test", "kvm"), ctx)
     _choice(cfg.gate.source, ("local", "gitlab", "jenkins"), ("gate", "source"), ctx)
     _choice(cfg.prod.fsck, ("changed", "full"), ("prod", "fsck"), ctx)

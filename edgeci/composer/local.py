@@ -306,7 +306,7 @@ class LocalComposer:
         d = self.composes_dir / cid
         failure: dict[str, Any] = {}
         try:
-            self._status_write(d, state=ComposeState.RUNNING.value, started=_now(), detail="kernel")
+            self._status_write(d, state=ComposeState.RUNNING.value, started=_now(), detail="starting")
             self._build(cid, d, request, data, version, parent)
         except BlueprintError as e:  # the blueprint's content: a candidate failure
             failure = {"detail": str(e), "log": f"FAILED: {e}"}
@@ -333,6 +333,34 @@ class LocalComposer:
                 self._log(d, failure.pop("log"))
                 self._status_write(d, state=ComposeState.FAILED.value, finished=_now(), **failure)
 
+    def _device_tree(self, d: Path, request: ComposeRequest, data: dict[str, Any], version: str,
+                     checks: Any, busybox: Path) -> tuple[list[dict[str, str]], list[str]]:
+        """The Debian device OS (edgeci.deviceos): packages mapped, root filesystem (cached), the tree."""
+        from edgeci.deviceos.packages import blueprint_package_names, plan
+        from edgeci.deviceos.rootfs import ensure_rootfs
+        from edgeci.deviceos.tree import build_device_tree
+        from edgeci.testos.kernel import cache_dir
+
+        pkgs = plan(blueprint_package_names(data), self.cfg.composer.package_map,
+                    where=f"{request.blueprint_name}.toml")
+        cust = data.get("customizations") if isinstance(data.get("customizations"), dict) else {}
+        tz = cust.get("timezone") if isinstance(cust, dict) else None
+        extra = list(pkgs.debian)
+        if isinstance(tz, dict) and tz.get("ntpservers") and "chrony" not in extra:
+            extra.append("systemd-timesyncd")  # an NTP client for the servers (chrony when the blueprint has it)
+        for name, debian in sorted(pkgs.mapping.items()):
+            self._log(d, f"package {name} -> {debian}")
+        self._step(d, "root filesystem")
+        rootfs = ensure_rootfs(extra, cache_dir=cache_dir(self.cfg.composer.cache_dir),
+                               mirror=self.cfg.composer.apt_mirror)
+        self._log(d, f"root filesystem {rootfs.tar.name} ({'cached' if rootfs.cached else 'built with mmdebstrap'}"
+                  f" from {rootfs.sources}): {len(rootfs.packages)} requested packages")
+        self._step(d, "tree")
+        tree = build_device_tree(d / "tree", rootfs.tar, name=request.blueprint_name, version=version, data=data,
+                                 checks=checks, busybox=busybox)
+        self._log(d, f"device OS tree: kernel {tree.kver}, {len(tree.packages)} installed packages")
+        return tree.packages, tree.warnings
+
     def _step(self, d: Path, detail: str) -> None:
         self._status_write(d, detail=detail)
         self._log(d, detail)
@@ -346,22 +374,25 @@ class LocalComposer:
         from edgeci.testos.tree import build_tree
 
         started = time.monotonic()
-        self._step(d, "kernel")
-        kernel = ensure_kernel(self.cfg.composer.kernel, self.cfg.composer.cache_dir)
-        warnings = list(kernel.notes)
-        self._log(d, f"kernel {kernel.kver} ({kernel.source}); modules: "
-                  + ", ".join(p.rsplit("/", 1)[-1] for p in kernel.load_order))
-        busybox = find_busybox()
-        applet_paths = applets(busybox)
-
-        self._step(d, "tree")
-        image = initramfs.build(kernel, busybox, [a.rsplit("/", 1)[-1] for a in applet_paths])
         checks = parse_checks(request.checks_yaml, f"{request.blueprint_name}.checks.yaml") \
             if request.checks_yaml else None
-        tree = build_tree(d / "tree", name=request.blueprint_name, version=version, data=data, checks=checks,
-                          kernel=kernel, initramfs=image, busybox=busybox, applets=applet_paths)
-        warnings += tree.warnings
-        for w in tree.warnings:
+        busybox = find_busybox()
+        if self.cfg.composer.os == "device":
+            packages, warnings = self._device_tree(d, request, data, version, checks, busybox)
+        else:
+            self._step(d, "kernel")
+            kernel = ensure_kernel(self.cfg.composer.kernel, self.cfg.composer.cache_dir)
+            warnings = list(kernel.notes)
+            self._log(d, f"kernel {kernel.kver} ({kernel.source}); modules: "
+                      + ", ".join(p.rsplit("/", 1)[-1] for p in kernel.load_order))
+            applet_paths = applets(busybox)
+            self._step(d, "tree")
+            image = initramfs.build(kernel, busybox, [a.rsplit("/", 1)[-1] for a in applet_paths])
+            tree = build_tree(d / "tree", name=request.blueprint_name, version=version, data=data, checks=checks,
+                              kernel=kernel, initramfs=image, busybox=busybox, applets=applet_paths)
+            warnings += tree.warnings
+            packages = [kernel.package, _busybox_package()]
+        for w in warnings:
             self._log(d, f"warning: {w}")
 
         self._step(d, "commit")
@@ -369,7 +400,8 @@ class LocalComposer:
                     "edgeci.git-sha": request.git_sha, "edgeci.compose-id": cid}
         commit = ostree.commit(self.repo, request.ref, tree_dir=d / "tree",
                                subject=f"{request.blueprint_name} {version}", metadata=metadata,
-                               parent=parent or "none")
+                               parent=parent or "none",
+                               owner_root=self.cfg.composer.os != "device")  # the device OS keeps dpkg's owners
         self._log(d, f"commit {commit} on {request.ref}" + (f", parent {parent}" if parent else ""))
         shutil.rmtree(d / "tree")
 
@@ -392,7 +424,6 @@ class LocalComposer:
                 tar.add(compose_json, arcname="compose.json", filter=_root_owned)
             os.replace(part, d / name)
         shutil.rmtree(repo)
-        packages = [kernel.package, _busybox_package()]
         result = {"artifact": name, "commit": commit, "ref": request.ref, "parent": parent, "packages": packages,
                   "warnings": warnings, "sha256": sha256_file(d / name),
                   "seconds": round(time.monotonic() - started, 2)}

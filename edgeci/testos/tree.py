@@ -309,7 +309,13 @@ def build_tree(
         for rel, text in render_scripts(checks, version).items():
             _write(etc / "greenboot" / "check" / rel, text, 0o755)
 
-    # [[customizations.directories]] then [[customizations.files]] (files may land in those directories)
+    apply_files(root, cust)
+    return result
+
+
+def apply_files(root: Path, cust: Mapping[str, Any]) -> None:
+    """[[customizations.directories]] then [[customizations.files]] (files may land in those directories),
+    into an ostree-layout tree (/etc → usr/etc); paths outside /etc and /usr are skipped (unhonoured() warns)."""
     for i, item in enumerate(cust.get("directories") or []):
         if not isinstance(item, Mapping) or not item.get("path"):
             raise BlueprintError(f"customizations.directories[{i}] has no path")
@@ -334,7 +340,6 @@ def build_tree(
             raise BlueprintError(f"customizations.files[{i}].path {item['path']} is a directory in the tree")
         mode = _mode(item.get("mode"), 0o644, f"customizations.files[{i}].mode")
         _write(file_target, str(item.get("data", "")), mode)
-    return result
 
 
 def tree_size(root: Path) -> int:

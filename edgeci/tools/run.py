@@ -47,6 +47,16 @@ PACKAGES = {
     "groovy": "groovy",
     "virt-install": "virtinst",
     "rpm": "rpm",
+    "mmdebstrap": "mmdebstrap",
+    "grub-mkstandalone": "grub-common grub-efi-amd64-bin",
+    "grub-editenv": "grub-common",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "mmd": "mtools",
+    "sfdisk": "fdisk",
+    "mke2fs": "e2fsprogs",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
 }
 
 

@@ -54,7 +54,7 @@ PARENT_JOBS = ["edgeci-lint", "edgeci-plan", "edgeci-pipeline"]
 
 def _edgeci(project: Path, *args: str, env: dict[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECI_")}
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECI_") or k == "EDGECI_COMPOSER_OS"}
     run_env["PYTHONPATH"] = str(project)  # the copy's code, as the pipeline runs it
     run_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "edgeci", *args], cwd=project, env=run_env, capture_output=True,

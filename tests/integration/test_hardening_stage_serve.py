@@ -33,7 +33,7 @@ def stage_servers(directory: Path) -> list[int]:
 
 def test_three_concurrent_serves_leave_one_tracked_server(edge_project: EdgeProject) -> None:
     stage_root = edge_project.root / "build" / "stage"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECI_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECI_") or k == "EDGECI_COMPOSER_OS"}
     procs = [subprocess.Popen([sys.executable, "-m", "edgeci", "-c", str(edge_project.config), "stage", "serve",
                                "edge"], cwd=edge_project.root, env=env, text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for _ in range(3)]

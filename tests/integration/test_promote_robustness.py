@@ -158,7 +158,7 @@ def test_missing_tools_are_found_before_production_is_touched(promote_lab: Promo
     lab = promote_lab
     candidate(lab, "1.0.0")
     assert not lab.prod_repo.exists()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECI_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECI_") or k == "EDGECI_COMPOSER_OS"}
     env.update(lab.env, PATH=_path_with(tmp_path, *programs), PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, "-c", RUNNER, str(lab.config)], cwd=lab.project, env=env, text=True,
                        capture_output=True, timeout=120, check=False)
@@ -179,7 +179,7 @@ args = json.loads(sys.argv[1])
 prod_root, backup, config, project = args["prod_root"], args["backup"], args["config"], args["project"]
 subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args['size']}", "tmpfs", prod_root], check=True)
 subprocess.run(["cp", "-a", backup + "/repo", prod_root + "/repo"], check=True)
-env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECI_")}
+env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECI_") or k == "EDGECI_COMPOSER_OS"}
 env.update(args["env"])
 
 def fill(path):

@@ -516,7 +516,7 @@ def _project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (proj / "blueprints/gateway.toml").write_text(TOML)
     monkeypatch.chdir(proj)
     for key in list(os.environ):
-        if key.startswith("EDGECI_"):
+        if key.startswith("EDGECI_") and key != "EDGECI_COMPOSER_OS":
             monkeypatch.delenv(key)
     return proj
 
