@@ -33,8 +33,8 @@ EARLIER_STAGES = ("lint", "compose", "push", "stage", "boot_test")
 # What the boot test must have covered, unless the gate settings say otherwise (gate.required_scenarios,
 # gate.accepted_backends): every scenario, on a backend that really boots the image.
 DEFAULT_SCENARIOS = ("install", "upgrade", "rollback")
-DEFAULT_BACKENDS = ("qemu", "libvirt")
-LOCAL_BACKENDS = ("qemu", "libvirt", "sysroot")  # gate.source local (the embedded default) also takes sysroot
+DEFAULT_BACKENDS = ("device", "qemu", "libvirt")
+LOCAL_BACKENDS = ("device", "qemu", "libvirt", "sysroot")  # gate.source local (the embedded default) also takes sysroot
 # The one reason a required scenario may be skipped: production has nothing to upgrade from or roll back to.
 FIRST_RELEASE = "production is empty (first release)"
 # An abbreviated checksum in an approval must be at least this long to count (git-style short ids).

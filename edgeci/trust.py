@@ -40,9 +40,9 @@ from edgeci.evidence.rolekeys import PRODUCTION_ROLE, ROLES, PublicKey
 SCHEMA = 1
 DEFAULT_PATH = "/etc/edgeci/trust.yaml"
 SCENARIOS = ("install", "upgrade", "rollback")
-BACKENDS = ("qemu", "libvirt", "sysroot")
+BACKENDS = ("device", "qemu", "libvirt", "sysroot")
 DEFAULT_SCENARIOS = SCENARIOS
-DEFAULT_BACKENDS = ("qemu", "libvirt")  # sysroot deploys but never boots a kernel
+DEFAULT_BACKENDS = ("device", "qemu", "libvirt")  # sysroot deploys but never boots a kernel
 TOP_KEYS = ("schema", "keys", "approvals_required", "allowed_approvers", "allowed_groups", "required_scenarios",
             "accepted_backends", "windows", "freeze", "production", "require_signed_production")
 KEY_ENTRY_KEYS = ("name", "file", "pem", "approver")

@@ -1,8 +1,10 @@
 """Boot tests: the candidate installed, upgraded from production and rolled back on a guest.
 
-Guests behind one interface (base.Guest): sysroot.py (no VM), qemu.py (a VM per boot), libvirt.py (virt-install
-+ SSH on a KVM host). scenarios.py runs install/upgrade/rollback on any of them; edgeci.stages.boot_test is the
-stage's glue. Backends are chosen here by name (BACKENDS); "auto" is qemu when it is installed, else sysroot.
+Guests behind one interface (guest.Guest): sysroot_guest (no VM), qemu_guest (the busybox test OS, a VM per
+boot, edgeci as the bootloader), device_guest (a real device in qemu: its own disk, GRUB, SSH), libvirt_guest
+(virt-install + SSH on a KVM host); the last two share one SSH driver (ssh_device). scenarios.py runs
+install/upgrade/rollback on any of them; edgeci.stages.boot_test is the stage's glue. Backends are chosen here by
+name (BACKENDS); "auto" is device for the local device OS, else qemu when it is installed, else sysroot.
 
 Add a backend: a Guest subclass with TOOLS and a for_scenario() constructor, registered in BACKENDS.
 """
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 # name -> (module, Guest class); imported only when chosen
 BACKENDS: dict[str, tuple[str, str]] = {
     "sysroot": ("edgeci.boottest.sysroot_guest", "SysrootGuest"),
+    "device": ("edgeci.boottest.device_guest", "DeviceGuest"),
     "qemu": ("edgeci.boottest.qemu_guest", "QemuGuest"),
     "libvirt": ("edgeci.boottest.libvirt_guest", "LibvirtGuest"),
 }
@@ -36,13 +39,16 @@ def guest_class(backend: str) -> Any:
     return getattr(importlib.import_module(module), cls)
 
 
-def choose_backend(requested: str) -> str:
-    """The backend to run: `requested`, or for "auto" the first of qemu, sysroot whose tools are installed."""
+def choose_backend(requested: str, cfg: Any = None) -> str:
+    """The backend to run: `requested`, or for "auto": device when the local composer builds the device OS (a
+    commit with sshd and a bootloader), else the first of qemu, sysroot whose tools are installed."""
     from edgeci.tools.run import have
 
     if requested != "auto":
         guest_class(requested)
         return requested
+    if cfg is not None and cfg.composer.backend == "local" and cfg.composer.os == "device":
+        return "device"
     return "qemu" if all(have(t) for t in guest_class("qemu").TOOLS) else "sysroot"
 
 

@@ -105,6 +105,7 @@ class PullStats:
     content_objects: int = 0
     loose_objects: int = 0
     text: str = ""
+    rx_bytes: int | None = None  # what the device's network interfaces received during the update (device-side)
 
     @property
     def used_delta(self) -> bool:
@@ -121,7 +122,7 @@ class PullStats:
     def as_dict(self) -> dict[str, Any]:
         return {"bytes": self.bytes, "delta_parts": self.delta_parts, "used_delta": self.used_delta,
                 "metadata_objects": self.metadata_objects, "content_objects": self.content_objects,
-                "loose_objects": self.loose_objects}
+                "loose_objects": self.loose_objects, "rx_bytes": self.rx_bytes}
 
 
 @dataclass

@@ -13,39 +13,34 @@ Every program runs through an injectable runner (edgeci.tools.run.run by default
 from __future__ import annotations
 
 import json
-import re
-import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from edgeci.boottest.guest import (
-    HEALTHY,
-    INJECTED_CHECK_FILE,
-    INJECTED_CHECK_SCRIPT,
-    UNHEALTHY,
-    BootResult,
-    CheckReport,
-    DeployResult,
-    Guest,
-    PullStats,
-    RollbackResult,
-    parse_size,
+from edgeci.boottest.guest import DeployResult, PullStats
+from edgeci.boottest.ssh_device import (  # noqa: F401  (the parsers' old home; tests import them from here)
+    GREENBOOT_UNIT,
+    RpmOstree,
+    SSHDevice,
+    SSHGuest,
+    Tooling,
+    greenboot_state,
+    parse_rpm_ostree_pull,
+    parse_rpm_ostree_status,
 )
 from edgeci.config import LibvirtConfig
 from edgeci.errors import BootTestError
 from edgeci.tools import virsh
 from edgeci.tools.run import Completed, run
-from edgeci.tools.ssh import SSHTarget, ssh
-from edgeci.wait import Waiting, WaitTimeout
+from edgeci.tools.ssh import SSHTarget
+from edgeci.wait import Waiting
 
 if TYPE_CHECKING:
     from edgeci.record import Candidate
 
 Runner = Callable[..., Completed]
-GREENBOOT_UNIT = "greenboot-healthcheck.service"
 KS_NAME = "ks.cfg"
 INSTALL_WAIT_MINUTES = 60
 
@@ -138,59 +133,10 @@ def check_reachable_url(url: str, what: str) -> None:
                             where=what, fix="serve it on the libvirt bridge address (stage.host / prod.url)")
 
 
-# -- the SSH check protocol ---------------------------------------------------------------------------
-
-def parse_rpm_ostree_status(text: str) -> dict[str, Any]:
-    """The booted deployment of `rpm-ostree status --json`: {checksum, version, origin}."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BootTestError(f"rpm-ostree status --json did not print JSON ({e.msg})") from None
-    deployments = data.get("deployments") if isinstance(data, dict) else None
-    if not isinstance(deployments, list):
-        raise BootTestError("rpm-ostree status --json has no deployments list")
-    for d in deployments:
-        if isinstance(d, dict) and d.get("booted"):
-            return {"checksum": d.get("checksum"), "version": d.get("version"), "origin": d.get("origin"),
-                    "count": len(deployments)}
-    raise BootTestError("rpm-ostree status --json shows no booted deployment")
+# the SSH check protocol lives in ssh_device.py (shared with the qemu device backend)
 
 
-def greenboot_state(text: str) -> tuple[str | None, str]:
-    """(healthy | unhealthy | None when greenboot is not installed, detail) from `systemctl show`."""
-    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-    if props.get("LoadState") == "not-found":
-        return None, f"{GREENBOOT_UNIT} is not installed"
-    active, result = props.get("ActiveState", "?"), props.get("Result", "?")
-    detail = f"{GREENBOOT_UNIT}: ActiveState={active} Result={result}"
-    if active == "failed" or result not in ("success", "?"):
-        return UNHEALTHY, detail
-    if active == "active":
-        return HEALTHY, detail
-    return None, detail + " (not finished)"
-
-
-_SIZE_RE = re.compile(r"([\d.]+)\s*(bytes|B|kB|MB|GB|KiB|MiB|GiB)(/s)?")
-
-
-def parse_rpm_ostree_pull(text: str) -> PullStats:
-    """Best effort: rpm-ostree's last 'Receiving …' progress line carries the bytes fetched, e.g.
-    'Receiving delta parts: 1/1 6.0 MB/s 12.1 MB/12.1 MB' or 'Receiving objects: 100% (53/53) 1.1 MB/s 449 kB'
-    (rates, followed by /s, are skipped; of 'fetched/total' the first is taken)."""
-    stats = PullStats(text=text.strip()[-2000:])
-    for line in text.replace("\r", "\n").splitlines():
-        if "Receiving" not in line:
-            continue
-        sizes = [m for m in _SIZE_RE.finditer(line.split(":", 1)[-1]) if not m.group(3)]
-        if sizes:
-            stats.bytes = parse_size(sizes[0].group(1), sizes[0].group(2))
-        if "delta parts" in line:
-            m = re.search(r"delta parts:\s*(\d+)/(\d+)", line)
-            stats.delta_parts = int(m.group(2)) if m else max(stats.delta_parts, 1)
-    return stats
-
-
-class LibvirtGuest(Guest):
+class LibvirtGuest(SSHGuest):
     backend = "libvirt"
     runs_system = True
     TOOLS = ("virt-install", "virsh", "ssh")
@@ -205,7 +151,7 @@ class LibvirtGuest(Guest):
     def __init__(self, cfg: LibvirtConfig, work_dir: Path, *, osname: str, vm_name: str, candidate_commit: str,
                  version: str, boot_timeout: float = 600.0, scripts: dict[str, str] | None = None,
                  runner: Runner = run, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, tooling: Tooling | None = None) -> None:
         self.cfg = cfg
         self.work_dir = Path(work_dir)
         self.osname = osname
@@ -218,19 +164,19 @@ class LibvirtGuest(Guest):
         self.sleep = sleep
         self.clock = clock
         self.defined = False
-        self.target: SSHTarget | None = None
         self.origin_remote = ""
         self.ref = ""
         self._reboot_pending = False
-        self.transcript: list[str] = []
+        self.boots = []
+        self.settle_timeout = cfg.ssh_timeout
+        self.device = SSHDevice(self._address, tooling or RpmOstree(), vm_name, runner=runner,
+                                waiting=lambda deadline, interval: self._waiting(deadline, interval),
+                                boot_timeout=boot_timeout)
 
     # -- plumbing -----------------------------------------------------------------------------------
-    def _ssh(self, command: str, *, input: str | None = None, timeout: float = 300) -> Completed:
-        if self.target is None:
-            raise BootTestError(f"no SSH target for {self.vm_name} yet")
-        r = ssh(self.target, command, input=input, timeout=timeout, runner=self.runner)
-        self.transcript.append(f"$ {command}\n[exit {r.returncode}]\n{(r.stdout + r.stderr).strip()[-1500:]}")
-        return r
+    def _address(self) -> SSHTarget | None:
+        ip = virsh.domifaddr(self.cfg.uri, self.vm_name, runner=self.runner)
+        return None if ip is None else SSHTarget(ip, self.cfg.ssh_user, self.cfg.ssh_key)
 
     def _waiting(self, deadline: float, interval: float = 5.0) -> Waiting[Any]:
         def sleep(seconds: float) -> None:
@@ -238,8 +184,11 @@ class LibvirtGuest(Guest):
                 raise KeyboardInterrupt("boot test cancelled")
             self.sleep(seconds)
 
-        return Waiting(deadline=deadline, interval=interval, backoff=1.5, max_interval=20.0,
+        return Waiting(deadline=deadline, interval=max(interval, 5.0), backoff=1.5, max_interval=20.0,
                        sleep=sleep, clock=self.clock)
+
+    def _ssh(self, command: str, *, input: str | None = None, timeout: float = 300) -> Completed:
+        return self.device.ssh(command, input=input, timeout=timeout)
 
     def _pubkey(self) -> str:
         if not self.cfg.ssh_key:
@@ -262,28 +211,7 @@ class LibvirtGuest(Guest):
                 from None
 
     def _wait_for_ssh(self, *, not_boot_id: str | None = None, deadline: float | None = None) -> str:
-        """Wait for the VM's address and SSH (and a new boot id after a reboot); returns the boot id."""
-
-        def check() -> tuple[str, str | None]:
-            if self.target is None:
-                ip = virsh.domifaddr(self.cfg.uri, self.vm_name, runner=self.runner)
-                if ip is None:
-                    return "waiting for an address", None
-                self.target = SSHTarget(ip, self.cfg.ssh_user, self.cfg.ssh_key)
-            r = ssh(self.target, "cat /proc/sys/kernel/random/boot_id", timeout=30, runner=self.runner)
-            boot_id = r.stdout.strip()
-            if r.returncode != 0 or not boot_id:
-                return "waiting for SSH", None
-            if not_boot_id is not None and boot_id == not_boot_id:
-                return "waiting for the reboot", None
-            return "up", boot_id
-
-        try:
-            return self._waiting(deadline or self.cfg.ssh_timeout).wait(check, what=f"SSH on {self.vm_name}")
-        except WaitTimeout as e:
-            raise BootTestError(f"{self.vm_name} did not answer on SSH: {e.message}",
-                                fix="check the VM's console (virsh console) and boot_test.libvirt.ssh_timeout")\
-                from None
+        return self.device.wait_for_ssh(not_boot_id=not_boot_id, deadline=deadline or self.cfg.ssh_timeout)
 
     # -- Guest --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -301,102 +229,19 @@ class LibvirtGuest(Guest):
         virsh.virt_install(argv, timeout=INSTALL_WAIT_MINUTES * 60 + 120, runner=self.runner)
         self.origin_remote, self.ref = remote, ref
 
-    def deploy(self, remote: str, url: str, ref: str, commit: str | None) -> DeployResult:
-        if not self.defined:
-            self.install(remote, url, ref)
-            self._wait_for_ssh()
-            # ostreesetup cannot pin a checksum: it installs the ref's tip. What it installed is reported
-            # here, and boot() compares the booted commit with the candidate.
-            booted = parse_rpm_ostree_status(self._ssh("rpm-ostree status --json").stdout)
-            return DeployResult(str(booted["checksum"]), PullStats())
+    def installed(self) -> bool:
+        return self.defined
+
+    def install_device(self, remote: str, url: str, ref: str, commit: str | None) -> DeployResult:
+        self.install(remote, url, ref)
+        self.wait_settled()
+        # ostreesetup cannot pin a checksum: it installs the ref's tip. What it installed is reported
+        # here, and boot() compares the booted commit with the candidate.
+        return DeployResult(str(self.device.status()["checksum"]), PullStats())
+
+    def device_url(self, url: str, remote: str) -> str:
         check_reachable_url(url, "stage" if "stage" in remote else "production")
-        q = shlex.quote
-        self._ssh(f"sudo ostree remote delete --if-exists {q(remote)} && "
-                  f"sudo ostree remote add --no-gpg-verify {q(remote)} {q(url)}")
-        if remote == self.origin_remote:
-            r = self._ssh("sudo rpm-ostree upgrade", timeout=3600)
-        else:
-            r = self._ssh(f"sudo rpm-ostree rebase {q(f'{remote}:{ref}')}", timeout=3600)
-        if r.returncode != 0:
-            raise BootTestError(f"rpm-ostree could not stage {remote}:{ref}: {(r.stderr or r.stdout).strip()[-300:]}")
-        self.origin_remote, self.ref = remote, ref
-        self._reboot_pending = True
-        return DeployResult(commit or "", parse_rpm_ostree_pull(r.stdout + "\n" + r.stderr))
-
-    def _reboot(self, deadline: float | None = None) -> None:
-        before = self._ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
-        self._ssh("sudo systemctl reboot", timeout=60)  # the connection drops: the exit code means nothing
-        self._wait_for_ssh(not_boot_id=before, deadline=deadline)
-
-    def collect(self) -> BootResult:
-        """The check protocol over SSH (see the module docstring)."""
-        started = self.clock()
-        self.transcript = []
-        status = parse_rpm_ostree_status(self._ssh("rpm-ostree status --json").stdout)
-        checks = []
-        r = self._ssh("systemctl is-system-running --wait", timeout=self.boot_timeout)
-        state = r.stdout.strip() or r.stderr.strip()
-        checks.append(CheckReport("system-running", "required", state == "running",
-                                  f"systemctl is-system-running: {state}"))
-        g = self._ssh(f"systemctl show --property=LoadState,ActiveState,Result {GREENBOOT_UNIT}")
-        green, detail = greenboot_state(g.stdout)
-        if green is not None:
-            checks.append(CheckReport("greenboot-healthcheck", "required", green == HEALTHY, detail))
-        for path, text in sorted(self.scripts.items()):
-            kind = "wanted" if path.startswith("wanted.d/") else "required"
-            name = re.sub(r"^\d\d-", "", Path(path).name)[: -len(".sh")]
-            res = self._ssh("sudo sh -s", input=text, timeout=300)
-            checks.append(CheckReport(name, kind, res.returncode == 0, (res.stdout + res.stderr)[-4096:]))
-        healthy = all(c.passed for c in checks if c.kind == "required")
-        # rpm-ostree's "version" is the commit's version metadata, which Image Builder stamps with the OS release
-        # (9.4): not the release. The release version is the candidate's, when the candidate is what booted.
-        booted = status["checksum"]
-        release = self.version if booted == self.candidate_commit and self.version else None
-        return BootResult(commit=booted, version=release,
-                          status=HEALTHY if healthy else UNHEALTHY, checks=checks, running=True,
-                          entry=f"{self.vm_name} booted deployment", seconds=self.clock() - started,
-                          log="\n".join(self.transcript)[-6000:])
-
-    def boot(self) -> BootResult:
-        if not self.defined:
-            raise BootTestError("nothing is installed to boot")
-        if self._reboot_pending:
-            self._reboot()
-            self._reboot_pending = False
-        return self.collect()
-
-    def prove_rollback(self) -> RollbackResult:
-        target = f"/etc/greenboot/check/required.d/{INJECTED_CHECK_FILE}"
-        r = self._ssh(f"sudo install -D -m 0755 /dev/stdin {target}", input=INJECTED_CHECK_SCRIPT)
-        if r.returncode != 0:
-            raise BootTestError(f"cannot write {target} on {self.vm_name}: {r.stderr.strip()[-200:]}")
-        before = parse_rpm_ostree_status(self._ssh("rpm-ostree status --json").stdout)
-        self._ssh("sudo systemctl reboot", timeout=60)
-        # greenboot reboots up to its boot counter (3) before the bootloader falls back: allow for that.
-        deadline = self.cfg.ssh_timeout * 4
-
-        def rolled_back() -> tuple[str, dict[str, Any] | None]:
-            if self.target is None:
-                return "no address", None
-            r = ssh(self.target, "rpm-ostree status --json", timeout=60, runner=self.runner)
-            if r.returncode != 0:
-                return "rebooting", None
-            try:
-                now = parse_rpm_ostree_status(r.stdout)
-            except BootTestError:
-                return "rebooting", None
-            if now["checksum"] == before["checksum"]:
-                return f"still on {str(now['checksum'])[:12]} (greenboot retries)", None
-            return "rolled back", now
-
-        try:
-            self._waiting(deadline, interval=10.0).wait(rolled_back, what="greenboot to roll back")
-        except WaitTimeout as e:
-            raise BootTestError(f"{self.vm_name} never left the candidate after the injected failure: {e.message}",
-                                fix="check that greenboot and greenboot-grub2 are in the image") from None
-        return RollbackResult(candidate=None, previous=self.collect(),
-                              detail=f"greenboot rolled {self.vm_name} back from {before['checksum']} after the "
-                                     "injected required check failed")
+        return url
 
     def stop(self) -> None:
         if self.defined:

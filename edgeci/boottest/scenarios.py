@@ -112,7 +112,8 @@ def boot_case(boot: BootResult, want_commit: str, *, what: str = "candidate") ->
         return Case(BOOT_CASE, Outcome.FAILED, f"the {what} did not boot: {boot.error or 'no EDGECI-BOOT line'}",
                     output, boot.seconds)
     if boot.commit != want_commit:
-        return Case(BOOT_CASE, Outcome.FAILED, f"booted commit {boot.commit} is not the {what} {want_commit}",
+        why = f": {boot.error}" if boot.error else ""
+        return Case(BOOT_CASE, Outcome.FAILED, f"booted commit {boot.commit} is not the {what} {want_commit}{why}",
                     output, boot.seconds)
     if not boot.finished:
         return Case(BOOT_CASE, Outcome.FAILED, f"the {what} booted but did not finish its health checks: "
@@ -372,7 +373,7 @@ def _rollback_cases(guest: Guest, rr: RollbackResult, prod_commit: str) -> list[
                               f"the candidate boot with the injected failure did not finish: "
                               f"{cand.error or 'no EDGECI-DONE'}", out, cand.seconds))
     prev = rr.previous
-    pout = f"{prev.summary()}\n{prev.log}".strip()
+    pout = f"{rr.detail}\n{prev.summary()}\n{prev.log}".strip()
     if prev.commit == prod_commit:
         cases.append(Case("previous-booted", Outcome.PASSED, f"running {prod_commit} (production) after the "
                           "rollback", pout, prev.seconds))

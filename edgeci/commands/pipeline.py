@@ -99,8 +99,8 @@ def _demo_trust(cfg: Config) -> None:
 
     if not attest.is_demo_production(cfg) or os.path.isfile(attest.SYSTEM_POLICY):
         return
-    backend = choose_backend(cfg.boot_test.backend)
-    backends = ["qemu", "libvirt"] if backend in ("qemu", "libvirt") else [backend]
+    backend = choose_backend(cfg.boot_test.backend, cfg)
+    backends = ["device", "qemu", "libvirt"] if backend in ("device", "qemu", "libvirt") else [backend]
     fresh = not (attest.demo_dir(cfg) / "trust.yaml").is_file()
     policy = attest.ensure_demo_trust(cfg, backends=backends)
     if fresh:

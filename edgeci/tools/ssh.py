@@ -22,6 +22,9 @@ class SSHTarget:
     key: str = ""  # private key file; "" = the user's default keys / agent
     port: int = 22
     connect_timeout: int = 10
+    # a control socket: the first command opens one connection, the next ones reuse it (a handshake costs
+    # seconds on an emulated CPU). Close it with close_master() when the device goes away.
+    control_path: str = ""
 
     def argv(self, command: str) -> list[str]:
         args = ["ssh", "-p", str(self.port),
@@ -33,6 +36,8 @@ class SSHTarget:
                 "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
         if self.key:
             args += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        if self.control_path:
+            args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_path}", "-o", "ControlPersist=120"]
         return [*args, f"{self.user}@{self.host}", "--", command]
 
 
@@ -41,3 +46,12 @@ def ssh(target: SSHTarget, command: str | list[str], *, input: str | None = None
     """Run one command on the target (a list is shell-quoted for the remote shell)."""
     text = command if isinstance(command, str) else shlex.join(command)
     return runner(target.argv(text), input=input, timeout=timeout, check=check)
+
+
+def close_master(target: SSHTarget, runner: Runner = run) -> None:
+    """End the control master of `target` (ssh -O exit), if one runs."""
+    import os
+
+    if target.control_path and os.path.exists(target.control_path):
+        runner(["ssh", "-o", f"ControlPath={target.control_path}", "-O", "exit", f"{target.user}@{target.host}"],
+               timeout=30, check=False)

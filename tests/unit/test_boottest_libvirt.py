@@ -132,6 +132,8 @@ class EdgeVM:
         self.booted = 0
         self.remotes: dict[str, str] = {}
         self.injected: set[str] = set()  # deployment checksums with the failing greenboot check
+        self.rx = 0
+        self.counter_set = False
 
     def __call__(self, argv, *, timeout=None, input=None, check=True, **_kw) -> Completed:
         self.calls.append(list(argv))
@@ -186,7 +188,7 @@ class EdgeVM:
     def _reboot(self) -> None:
         self.boot_id += 1
         self.booted = 0
-        if self.deployments[0]["checksum"] in self.injected and len(self.deployments) > 1:
+        if self.deployments[0]["checksum"] in self.injected and len(self.deployments) > 1 and self.counter_set:
             # greenboot: the required check fails on every try; when the boot counter runs out the
             # bootloader boots the other entry and greenboot's fallback makes it the default.
             self.boot_id += 2
@@ -198,8 +200,19 @@ class EdgeVM:
             return self._done(argv, 0, f"boot-{self.boot_id}\n")
         if cmd == "rpm-ostree status --json":
             return self._done(argv, 0, self._status())
+        if cmd.startswith("cat /sys/class/net/*/statistics/rx_bytes"):
+            self.rx += 190_000  # what the interfaces received since the last look
+            return self._done(argv, 0, f"{self.rx}\n")
         if cmd == "systemctl is-system-running --wait":
             return self._done(argv, 0, "running\n")
+        if cmd == "systemctl show --property=ActiveState greenboot-healthcheck.service; sudo grub2-editenv list":
+            # settled: greenboot finished; its counter was cleared by the green boot
+            return self._done(argv, 0, "ActiveState=active\nsaved_entry=0\nboot_success=1\n")
+        if cmd == "sudo /usr/libexec/greenboot/greenboot-grub2-set-counter":
+            self.counter_set = True
+            return self._done(argv, 0, "")
+        if cmd.startswith("d=") and "/var/lib/greenboot/boots" in cmd:
+            return self._done(argv, 0, "")  # RHEL's greenboot keeps no per-boot results
         if cmd.startswith("systemctl show --property=LoadState,ActiveState,Result greenboot-healthcheck.service"):
             failed = booted["checksum"] in self.injected
             return self._done(argv, 0, f"LoadState=loaded\nActiveState={'failed' if failed else 'active'}\n"
@@ -276,6 +289,7 @@ def test_install_upgrade_and_rollback_over_ssh(cfg, tmp_path):
     assert install["kernel"].output == "kernel ok\n"
     assert by["install"].booted == CAND and by["upgrade"].booted == CAND and by["rollback"].booted == PROD
     assert by["upgrade"].pull is not None and by["upgrade"].pull.used_delta and by["upgrade"].pull.bytes == 180_200
+    assert by["upgrade"].pull.rx_bytes == 190_000  # read from the device's interfaces around the update
     ssh_cmds = [c[-1] for c in vm.calls if os.path.basename(c[0]) == "ssh"]
     assert f"sudo rpm-ostree rebase edgeci-stage:{REF}" in ssh_cmds
     assert ssh_cmds.count("sudo systemctl reboot") == 2  # into the candidate, then with the injected failure

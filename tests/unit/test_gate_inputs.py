@@ -268,7 +268,7 @@ def test_gate_settings_choose_the_requirements() -> None:
     from edgeci.config import GateConfig
 
     assert policy.boot_requirements(GateConfig(source="gitlab")) == (("install", "upgrade", "rollback"),
-                                                                      ("qemu", "libvirt"))
+                                                                      ("device", "qemu", "libvirt"))
     assert "sysroot" in policy.boot_requirements(GateConfig(source="local"))[1]
     ev = Evidence(approvals=[Approval("zoe", C)])
     scen, backends = policy.boot_requirements(GateConfig(source="local"))

@@ -85,7 +85,7 @@ def test_defaults_are_the_strict_ones(keydir: Path) -> None:
     assert pol.keys_for("compose")[0].keyid
     assert pol.settings.approvals_required == 1
     assert pol.settings.required_scenarios == DEFAULT_SCENARIOS == ("install", "upgrade", "rollback")
-    assert pol.settings.accepted_backends == DEFAULT_BACKENDS == ("qemu", "libvirt")
+    assert pol.settings.accepted_backends == DEFAULT_BACKENDS == ("device", "qemu", "libvirt")
     with pytest.raises(ConfigError, match=r"t.yaml:1: production must be signed but production.gpg_key"):
         parse_policy("schema: 1\n", str(keydir / "t.yaml"))
 

@@ -1,0 +1,182 @@
+"""The device backend: a real device in qemu — installed from the stage URL, booted by UEFI + GRUB from its own
+disk, updating and rolling itself back. The boot test talks to it only over SSH (ssh_device.SSHDevice, the same
+driver as the libvirt backend), as root with a throwaway key written into the install's /etc.
+
+install  — edgeci.deviceos.disk.install(): the disk's sysroot is pulled from the URL and deployed (host side, in a
+           private mount namespace); qemu boots the disk (OVMF → GRUB → the BLS menu ostree wrote).
+update   — inside the VM: the remote pointed at the URL as the VM reaches it (127.0.0.1 → qemu's 10.0.2.2),
+           `ostree pull` (a static delta when the repo has one from the booted commit), `ostree admin upgrade
+           --deploy-only --override-commit`, greenboot's boot counter; then `systemctl reboot`.
+rollback — a failing required check in the running candidate's /etc, the boot counter set, a reboot: greenboot
+           marks the boot red and reboots, GRUB's counter runs out and boots the previous deployment, greenboot's
+           fallback service makes it the default. The red boot's results are read back from the device.
+SSH is forwarded from 127.0.0.1 only; the VM is killed by its PID and its disk removed in every case.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+from edgeci.boottest.guest import DeployResult, PullStats, sigterm_raises
+from edgeci.boottest.qemu_guest import tail
+from edgeci.boottest.ssh_device import OstreeAdmin, SSHDevice, SSHGuest
+from edgeci.errors import BootTestError
+from edgeci.tools import qemu as qemu_tool
+from edgeci.tools.run import Process, run, start, which
+from edgeci.tools.ssh import SSHTarget, close_master
+from edgeci.wait import Waiting
+
+# qemu's user network: the host is 10.0.2.2 from inside the VM
+HOST_FROM_GUEST = "10.0.2.2"
+
+
+def guest_url(url: str) -> str:
+    """The URL as the VM reaches it: loopback becomes the host's user-network address; files are unreachable."""
+    p = urlparse(url)
+    if p.scheme in ("", "file"):
+        raise BootTestError(f"the device cannot reach '{url}': a VM has no access to this machine's files",
+                            fix="serve the repository over HTTP (edgeci stage serve does)")
+    if p.hostname in ("127.0.0.1", "localhost"):
+        netloc = HOST_FROM_GUEST + (f":{p.port}" if p.port else "")
+        return urlunparse(p._replace(netloc=netloc))
+    return url
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DeviceGuest(SSHGuest):
+    backend = "device"
+    runs_system = True
+    TOOLS = ("qemu-system-x86_64", "ssh", "ssh-keygen", "ostree", "unshare", "mke2fs", "mkfs.vfat", "mcopy",
+             "sfdisk", "grub-editenv", "grub-mkstandalone")
+
+    @classmethod
+    def for_scenario(cls, cfg: Any, work_dir: Path, *, osname: str, candidate: Any, vm_name: str,
+                     scripts: dict[str, str], **_: Any) -> DeviceGuest:
+        from edgeci.testos.kernel import cache_dir
+
+        bt = cfg.boot_test
+        return cls(work_dir, osname=osname, vm_name=vm_name, candidate_commit=candidate.checksum,
+                   version=candidate.version or "", scripts=scripts, memory_mb=bt.device_memory,
+                   timeout=max(bt.timeout, 300.0), kvm=bt.kvm, cache=cache_dir(cfg.composer.cache_dir))
+
+    def __init__(self, work_dir: Path, *, osname: str, vm_name: str, candidate_commit: str, version: str,
+                 scripts: dict[str, str], cache: Path, memory_mb: int = 1024, timeout: float = 600.0,
+                 kvm: str = "off") -> None:
+        self.work_dir = Path(work_dir)
+        self.osname = osname
+        self.vm_name = vm_name
+        self.candidate_commit = candidate_commit
+        self.version = version
+        self.scripts = dict(scripts)
+        self.cache = cache
+        self.memory_mb = memory_mb
+        self.settle_timeout = timeout
+        self.kvm_mode = kvm
+        self.proc: Process | None = None
+        self.port = 0
+        self.disk = self.work_dir / "disk.img"
+        self.key = self.work_dir / "id_ed25519"
+        self.serial = self.work_dir / "serial.log"
+        self.origin_remote = ""
+        self._reboot_pending = False
+        self.boots = []
+        self.device = SSHDevice(self._address, OstreeAdmin(), vm_name, boot_timeout=timeout, waiting=self._waiting)
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+    def _address(self) -> SSHTarget | None:
+        if not self.port:
+            return None
+        return SSHTarget("127.0.0.1", "root", str(self.key), port=self.port, connect_timeout=10,
+                         control_path=str(self.work_dir / "ssh.ctl"))
+
+    def _waiting(self, deadline: float, interval: float) -> Waiting[Any]:
+        def sleep(seconds: float) -> None:
+            if self.cancelled():
+                raise KeyboardInterrupt("boot test cancelled")
+            time.sleep(seconds)
+
+        return Waiting(deadline=deadline, interval=min(interval, 2.0), backoff=1.3, max_interval=5.0, sleep=sleep)
+
+    def alive(self) -> str:
+        if self.proc is None or not self.proc.alive():
+            code = self.proc.popen.returncode if self.proc is not None else None
+            return f"stopped: the VM exited (code {code}); console: {self.console_tail(800)}"
+        return ""
+
+    def console_tail(self, limit: int = 1500) -> str:
+        text = self.serial.read_text(errors="replace") if self.serial.exists() else ""
+        return tail(text, limit)
+
+    def device_url(self, url: str, remote: str) -> str:
+        return guest_url(url)
+
+    def installed(self) -> bool:
+        return self.proc is not None
+
+    def _start_vm(self) -> None:
+        from edgeci.deviceos.boot import ovmf_firmware
+
+        self.port = free_port()
+        kvm = self.kvm_mode == "on"  # a disk boot has no kernel to probe KVM with: TCG unless kvm: on
+        argv = [which(qemu_tool.QEMU), "-machine", f"q35,accel={'kvm' if kvm else 'tcg'}",
+                "-cpu", "host" if kvm else "max", "-m", str(self.memory_mb), "-smp", "1",
+                "-nodefaults", "-display", "none", "-monitor", "none",
+                "-bios", str(ovmf_firmware()),
+                "-drive", f"file={self.disk},format=raw,if=virtio,cache=unsafe",
+                "-nic", f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+                "-serial", f"file:{self.serial}"]
+        self.proc = start(argv, log_path=self.work_dir / "qemu.out")
+
+    # -- Guest ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        from edgeci.boottest.sysroot_guest import remove_tree
+
+        if self.work_dir.exists():
+            remove_tree(self.work_dir)
+        self.work_dir.mkdir(parents=True)
+        run([which("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", f"edgeci boot test {self.vm_name}",
+             "-f", str(self.key)], timeout=60)
+
+    def install_device(self, remote: str, url: str, ref: str, commit: str | None) -> DeployResult:
+        from edgeci.deviceos import boot, disk
+
+        if not commit:
+            raise BootTestError("the device install needs the commit checksum")
+        installed = disk.install(self.disk, self.work_dir / "install", url=url, remote=remote, ref=ref,
+                                 commit=commit, osname=self.osname, efi=boot.grub_efi_image(self.cache),
+                                 authorized_key=self.key.with_suffix(".pub").read_text().strip())
+        with sigterm_raises():
+            self._start_vm()
+            self.wait_settled()
+        self.origin_remote = remote
+        stats = PullStats(bytes=installed.sysroot_bytes,
+                          text=f"installed from {url}: sysroot {installed.sysroot_bytes} bytes")
+        return DeployResult(str(self.device.status()["checksum"]), stats)
+
+    def boot(self) -> Any:
+        with sigterm_raises():
+            return super().boot()
+
+    def prove_rollback(self) -> Any:
+        with sigterm_raises():
+            return super().prove_rollback()
+
+    def stop(self) -> None:
+        from edgeci.boottest.sysroot_guest import remove_tree
+
+        if self.device.target is not None:
+            close_master(self.device.target)
+        if self.proc is not None:
+            self.proc.stop(grace=2)
+            self.proc = None
+        if self.work_dir.exists():
+            remove_tree(self.work_dir)

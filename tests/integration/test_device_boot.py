@@ -1,0 +1,199 @@
+"""The real device end to end, under TCG: the local composer's Debian device OS (real packages, systemd, sshd, GRUB)
+installed from the stage URL onto its own GPT disk, booted by OVMF + GRUB, updated from inside the VM through a
+static delta, and rolled back by its own greenboot boot counting — checks over SSH.
+
+One module, one pair of composes (1.0.0 promoted to a production repo, 1.0.1 staged with a delta from it):
+- `edgeci boot-test sensor --backend device`: install, upgrade, rollback all pass;
+- the libvirt backend's SSH sequence (LibvirtGuest: wait for SSH, update, reboot and settle, the check protocol)
+  against the same kind of device, virt-install and virsh answered by the test (the install writes the disk
+  from the kickstart's ostreesetup line and starts qemu; domifaddr answers 127.0.0.1): its candidate carries a
+  broken required check, so the device rolls itself back and the upgrade fails naming the check and its output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeci.boottest.scenarios import run_scenarios
+from edgeci.cli import main
+from edgeci.junit import Outcome
+from edgeci.production import Production
+from edgeci.record import BuildRecord, Candidate
+from edgeci.tools import ostree
+from tests.fixtures.device import REF, Staged, stage_two_releases
+from tests.fixtures.httpserver import serve_directory
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(any(shutil.which(p) is None for p in ("qemu-system-x86_64", "mmdebstrap", "grub-mkstandalone",
+                                                             "mkfs.vfat", "sfdisk"))
+                       or not os.path.exists("/usr/share/ovmf/OVMF.fd"),
+                       reason="needs qemu, mmdebstrap, GRUB's EFI image tools and OVMF (make test installs them)"),
+]
+
+BROKEN_CHECK = "#!/bin/sh\necho 'sensor-app: /etc/sensor/app.conf is missing'\nexit 1\n"
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staged]:
+    with contextlib.ExitStack() as stack:
+        yield stage_two_releases(tmp_path_factory.mktemp("device"), lambda d: stack.enter_context(serve_directory(d)))
+
+
+def test_the_device_os_is_real_packages_honouring_the_blueprint(staged: Staged) -> None:
+    names = {p["name"] for p in staged.packages}
+    # dpkg's own list: the blueprint's chrony, and what a device needs
+    assert {"chrony", "systemd", "openssh-server", "ostree", "grub-common"} <= names
+    assert any(n.startswith("linux-image-") for n in names)
+    assert all(p.get("version") for p in staged.packages)
+    files = set(ostree.ls(staged.stage_repo, staged.candidate, "/usr/etc/ssh/authorized_keys.d"))
+    assert any(f.endswith("/core") for f in files), files
+    kargs = ostree.cat(staged.stage_repo, staged.candidate, "/usr/lib/edgeci/kargs").decode()
+    assert kargs.split() == ["edgeci.test=device"]
+    assert "IMAGE_VERSION=1.0.1" in ostree.cat(staged.stage_repo, staged.candidate, "/usr/lib/os-release").decode()
+    # no SSH host keys baked into the commit (every device makes its own)
+    assert not [f for f in ostree.ls(staged.stage_repo, staged.candidate, "/usr/etc/ssh") if "ssh_host_" in f]
+
+
+def test_install_upgrade_through_a_delta_from_the_device_and_its_own_rollback(
+        staged: Staged, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(staged.project)
+    monkeypatch.setenv("EDGECI_COMPOSER_OS", "device")
+    code = main(["boot-test", "sensor", "--backend", "device"])
+    out = capsys.readouterr().out
+    sec = BuildRecord.load(staged.project / "build" / "sensor" / "x86_64" / "record.json").section("boot_test")
+    assert code == 0, out + json.dumps(sec, indent=1)[-6000:]
+    assert sec["backend"] == "device" and sec["status"] == "passed"
+    sc = sec["scenarios"]
+    assert sc["install"]["booted"] == staged.candidate and sc["upgrade"]["booted"] == staged.candidate
+    assert sc["rollback"]["booted"] == staged.prod_commit
+    # the device pulled the candidate itself, through the static delta; its interfaces saw a few KiB, not the tree
+    pull = sc["upgrade"]["pull"]
+    assert pull["used_delta"] is True and pull["delta_parts"] >= 1
+    assert 0 < pull["rx_bytes"] < 5_000_000 < sc["install"]["pull"]["bytes"]
+    checks = {c["name"]: c for c in sc["upgrade"]["checks"]}
+    for name in ("system-running", "greenboot-healthcheck", "hostname", "core-user", "sshd-enabled",
+                 "chronyd-enabled", "version", "booted-candidate", "kernel-args", "timezone", "ntp-servers"):
+        assert checks[name]["outcome"] == "passed", (name, checks[name])
+    assert "UnitFileState=enabled" in checks["chronyd-enabled"]["output"]  # systemd's answer, not a symlink
+    rb = {c["name"]: c for c in sc["rollback"]["checks"]}
+    assert rb["candidate-unhealthy"]["outcome"] == "passed"
+    assert "edgeci: injected failure" in rb["candidate-unhealthy"]["output"]  # read back from the red boot
+    assert rb["previous-booted"]["outcome"] == "passed" and rb["previous-healthy"]["outcome"] == "passed"
+    assert "the fallback is the default deployment: yes" in rb["previous-booted"]["output"]
+    assert not list((staged.project / "build").rglob("disk.img"))  # every VM and disk is gone
+
+
+# -- the libvirt backend's sequence against the real device ------------------------------------------------------
+
+class LibvirtHost:
+    """Answers virt-install and virsh for LibvirtGuest with a real device: virt-install writes the disk from the
+    kickstart's ostreesetup line (edgeci.deviceos.disk) and starts qemu; ssh is the real ssh, sent to the
+    forwarded port. Everything else of the sequence is LibvirtGuest's own."""
+
+    def __init__(self, work: Path, key: Path) -> None:
+        from edgeci.boottest.device_guest import DeviceGuest
+
+        self.work = work
+        self.key = key
+        self.guest = DeviceGuest(work / "vm", osname="rhel", vm_name="libvirt-seq", candidate_commit="",
+                                 version="", scripts={}, cache=Path.home() / ".cache" / "edgeci")
+        self.guest.start()
+        shutil.copy(key, self.guest.key)
+        shutil.copy(key.with_suffix(".pub"), self.guest.key.with_suffix(".pub"))
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv, *, timeout=None, input=None, check=True, **kw):  # type: ignore[no-untyped-def]
+        from edgeci.tools.run import Completed, run
+
+        self.calls.append(list(argv))
+        prog = os.path.basename(argv[0])
+        if prog == "virt-install":
+            ks = Path(argv[argv.index("--initrd-inject") + 1]).read_text()
+            m = re.search(r"^ostreesetup --osname=(\S+) --remote=(\S+) --url=(\S+) --ref=(\S+)", ks, re.MULTILINE)
+            assert m, ks
+            _, remote, url, ref = m.groups()
+            commit = _remote_commit(url, ref)
+            self.guest.install_device(remote, url, ref, commit)
+            return Completed(list(argv), 0, "Domain creation completed.\n", "", 0.1)
+        if prog == "virsh":
+            sub = argv[3]
+            if sub == "domifaddr":
+                return Completed(list(argv), 0, " vnet0  52:54:00:6b:3c:58  ipv4  127.0.0.1/8\n", "", 0.01)
+            self.guest.stop() if sub == "undefine" else None
+            return Completed(list(argv), 0, "", "", 0.01)
+        assert prog == "ssh", argv
+        args = list(argv)
+        args[args.index("-p") + 1] = str(self.guest.port)
+        return run(args, timeout=timeout, input=input, check=check)
+
+
+def _remote_commit(url: str, ref: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/refs/heads/{ref}", timeout=10) as f:
+        return f.read().decode().strip()
+
+
+def test_the_libvirt_sequence_on_a_real_device_rolls_back_a_broken_candidate_by_itself(
+        staged: Staged, tmp_path: Path) -> None:
+    from edgeci.boottest.libvirt_guest import LibvirtGuest
+    from edgeci.boottest.ssh_device import OstreeAdmin
+    from edgeci.config import LibvirtConfig
+
+    # the broken candidate: 1.0.1 plus a required check that fails, with a delta from production
+    overlay = tmp_path / "overlay" / "usr" / "etc" / "greenboot" / "check" / "required.d"
+    overlay.mkdir(parents=True)
+    (overlay / "50-sensor-app.sh").write_text(BROKEN_CHECK)
+    (overlay / "50-sensor-app.sh").chmod(0o755)
+    broken_repo = tmp_path / "broken"
+    ostree.init(broken_repo, mode="archive")
+    ostree.pull_local(broken_repo, staged.stage_repo, [staged.candidate, staged.prod_commit])
+    broken = ostree.commit(broken_repo, REF, tree_ref=staged.candidate, tree_dir=tmp_path / "overlay",
+                           subject="sensor 1.0.2 (broken)", parent=staged.prod_commit, owner_root=False,
+                           extra=["--add-metadata-string=version=1.0.2"])
+    ostree.static_delta_generate(broken_repo, broken, from_=staged.prod_commit)
+    ostree.summary_update(broken_repo)
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    host = LibvirtHost(tmp_path / "host", key)
+    cfg = LibvirtConfig(location="http://installer.example/rhel9", ssh_user="root", ssh_key=str(key),
+                        ssh_timeout=600)
+    guests: list[LibvirtGuest] = []
+
+    def make(scenario: str) -> LibvirtGuest:
+        g = LibvirtGuest(cfg, tmp_path / scenario, osname="rhel", vm_name=f"libvirt-{scenario}",
+                         candidate_commit=broken, version="1.0.2", boot_timeout=600, runner=host,
+                         tooling=OstreeAdmin())
+        g.device_url = lambda url, remote: url.replace("127.0.0.1", "10.0.2.2")  # type: ignore[method-assign]
+        guests.append(g)
+        return g
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(host.guest.stop)
+        broken_url = stack.enter_context(serve_directory(broken_repo))
+        candidate = Candidate(blueprint="sensor", version="1.0.2", arch="x86_64", ref=REF, checksum=broken,
+                              stage_url=broken_url)
+        production = Production(url=staged.prod_url, commit=staged.prod_commit)
+        result = run_scenarios("libvirt", make, candidate, production, [], only=("upgrade",))
+    up = result.scenario("upgrade")
+    assert up is not None and up.outcome is Outcome.FAILED
+    cases = {c.name: c for c in up.cases}
+    assert cases["upgrade-pull"].outcome is Outcome.PASSED and up.pull is not None and up.pull.used_delta
+    boot = cases["boot"]
+    assert boot.outcome is Outcome.FAILED
+    assert "rolled itself back" in boot.message and "'sensor-app' failed" in boot.message
+    assert "/etc/sensor/app.conf is missing" in boot.message
+    assert up.booted == staged.prod_commit  # the device runs production again, by its own boot counting
+    # what ran is LibvirtGuest's sequence: virt-install, domifaddr, and the SSH protocol
+    progs = [os.path.basename(c[0]) for c in host.calls]
+    assert progs[0] == "virt-install" and "virsh" in progs and progs.count("ssh") > 10
