@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["cli_startup", "lint", "compose", "client_delta", "promote", "pipeline"]
+ORDER = ["cli_startup", "lint", "compose", "client_delta", "promote", "pipeline", "device_boot"]
 
 
 def main(argv: list[str]) -> int:

@@ -139,6 +139,7 @@ class BootTestConfig:
     kvm_probe_timeout: float = 5.0  # seconds a KVM guest gets to print its kernel banner (auto)
     parallel: bool = True  # install and upgrade+rollback run on two devices at once
     device_memory: int = 1024  # MiB for the device backend's VM (a systemd OS with sshd)
+    device_cpus: int = 2  # vCPUs of the device backend's VM (qemu runs them on threads of their own under TCG)
     upgrade_from: int = 2  # the upgrade scenario starts from each of the last N production releases
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: two releases of the gateway blueprint, end to end, on this machine alone (the embedded
-# default: local composer, OCI directory, stage served on 127.0.0.1, qemu boot test, local approvals,
-# production repo under build/). 1.0.0 is the first release; 1.0.1 ships as an update with a static delta.
+# default: local composer building the Debian device OS, OCI directory, stage served on 127.0.0.1, the boot
+# test on a real device in qemu, local approvals, production repo under build/). 1.0.0 is the first release;
+# 1.0.1 adds a package and ships as an update the device pulls through a static delta.
 # The demo works in its own git repository (build/demo) so your blueprints/ stay untouched.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,15 +38,19 @@ release() {
 
 release 1.0.0
 
-# The second release: a version bump and a changed file, as a developer would push it.
+# The second release: a version bump, a new package and a changed file, as a developer would push it.
 sed -i 's/^version = "1.0.0"/version = "1.0.1"/' blueprints/gateway.toml
 cat >> blueprints/gateway.toml <<'TOML'
+
+[[packages]]
+name = "jq"
+version = "*"
 
 [[customizations.files]]
 path = "/etc/motd"
 data = "gateway 1.0.1: managed by edgeci\n"
 TOML
-git commit -qam "gateway 1.0.1: add a motd"
+git commit -qam "gateway 1.0.1: jq, and a motd"
 release 1.0.1
 
 echo

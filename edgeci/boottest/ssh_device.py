@@ -225,6 +225,7 @@ class SSHDevice:
     boot_timeout: float = 600.0
     transcript: list[str] = field(default_factory=list)
     target: SSHTarget | None = None
+    last_error: str = ""
 
     def ssh(self, command: str, *, input: str | None = None, timeout: float = 300) -> Completed:
         if self.target is None:
@@ -236,13 +237,17 @@ class SSHDevice:
         return r
 
     def _try(self, command: str, timeout: float) -> Completed | None:
-        """One attempt, no transcript: None when the device does not answer (yet)."""
+        """One attempt, no transcript: None when the device does not answer (yet); why is kept in last_error."""
         if self.target is None:
             self.target = self.address()
             if self.target is None:
                 return None
         r = ssh(self.target, command, timeout=timeout, runner=self.runner)
-        return r if r.returncode == 0 else None
+        if r.returncode != 0:
+            lines = [ln for ln in (r.stderr or r.stdout).strip().splitlines() if ln.strip()]
+            self.last_error = lines[-1][:200] if lines else f"exit {r.returncode}"
+            return None
+        return r
 
     def wait_for_ssh(self, *, not_boot_id: str | None = None, deadline: float = 600.0,
                      alive: Callable[[], str] | None = None) -> str:
@@ -257,7 +262,7 @@ class SSHDevice:
             r = self._try("cat /proc/sys/kernel/random/boot_id", 30)
             boot_id = r.stdout.strip() if r else ""
             if not boot_id:
-                return "waiting for SSH", None
+                return f"waiting for SSH ({self.last_error or 'no answer'})", None
             if not_boot_id is not None and boot_id == not_boot_id:
                 return "waiting for the reboot", None
             return "up", boot_id
@@ -495,7 +500,9 @@ class SSHGuest(Guest):
                                    checks=red, running=True,
                                    entry="the candidate's red boot (read back after the rollback)",
                                    log="\n".join(f"{c.name}: {c.output}" for c in red))
-        previous = self.device.collect(scripts=self.scripts, candidate=self.candidate_commit, version=self.version)
+        # the previous deployment is judged by its own health checks (greenboot ran them at boot) and systemd's
+        # state: the candidate's rendered checks expect the candidate's version and commit
+        previous = self.device.collect(scripts={}, candidate=self.candidate_commit, version=self.version)
         previous.entry = f"{self.device.name} after greenboot's fallback ({self.boots[-1]:.0f} s)"
         tail = self.console_tail()
         if tail:

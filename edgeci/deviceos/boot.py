@@ -12,7 +12,8 @@
   greenboot's (greenboot-healthcheck.service runs /etc/greenboot/check/required.d and wanted.d, then
   green.d or red.d; a red boot with a boot counter set reboots; after a fallback,
   greenboot-rpm-ostree-grub2-check-fallback.service makes the running deployment the default, as
-  `rpm-ostree rollback` does), so the SSH driver reads the same units on this device and on RHEL.
+  `rpm-ostree rollback` does, here by undeploying the failed deployment), so the SSH driver reads the same units
+  on this device and on RHEL.
 """
 
 from __future__ import annotations
@@ -151,24 +152,19 @@ exit 1
 """.replace("@RESULTS@", RESULTS_DIR).replace("@GRUBENV@", GRUBENV)
 
 # After GRUB fell back (boot_counter=-1): make the running deployment the default, as greenboot's
-# greenboot-rpm-ostree-grub2-check-fallback does with `rpm-ostree rollback`; here through libostree.
+# greenboot-rpm-ostree-grub2-check-fallback does with `rpm-ostree rollback`. ostree 2022.7 has no rollback verb:
+# the failed deployment (the default, index 0, which is not the booted one) is undeployed, so the running one
+# becomes the default (rpm-ostree would keep the failed one as the rollback entry instead).
 CHECK_FALLBACK = r"""#!/bin/sh
 set -eu
 grub-editenv @GRUBENV@ list | grep -q '^boot_counter=-1$' || exit 0
 echo "greenboot: the bootloader fell back to the previous deployment: making it the default"
-python3 - <<'PY'
-import gi
-gi.require_version("OSTree", "1.0")
-from gi.repository import OSTree
-sysroot = OSTree.Sysroot.new_default()
-sysroot.load(None)
-booted = sysroot.get_booted_deployment()
-deployments = sysroot.get_deployments()
-if booted is not None and deployments and not deployments[0].equal(booted):
-    order = [booted] + [d for d in deployments if not d.equal(booted)]
-    sysroot.write_deployments(order, None)
-    print("greenboot: rolled back to", booted.get_csum())
-PY
+if ostree admin status | head -n 1 | grep -q '^\* '; then
+    echo "greenboot: the booted deployment is already the default"
+else
+    ostree admin undeploy 0
+    echo "greenboot: undeployed the failed deployment; the running one is the default"
+fi
 grub-editenv @GRUBENV@ unset boot_counter
 """.replace("@GRUBENV@", GRUBENV)
 

@@ -5,8 +5,8 @@ to it.
 Partitions: 1 ESP (FAT, GRUB as BOOTX64.EFI), 2 /boot (ext4, LABEL=edgeci-boot: ostree's kernels, BLS entries,
 the GRUB menu ostree generates, grubenv), 3 the sysroot (ext4, LABEL=edgeci-root: /ostree/repo and the
 deployments). The install runs as root inside a private mount namespace on tmpfs (never on the machine's own
-filesystems: `ostree admin deploy` freezes the filesystem holding /boot), pulls REF@COMMIT over HTTP, deploys it
-with the commit's kernel arguments, writes the boot test's throwaway SSH key into the deployment's /etc, and
+filesystems: `ostree admin deploy` freezes the filesystem holding /boot), pulls REF@COMMIT over HTTP, deploys it,
+writes the boot test's throwaway SSH key into the deployment's /etc, and
 turns the two trees into filesystems with `mke2fs -d` (no loop device, no mount of an image).
 """
 
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeci.deviceos import boot
-from edgeci.deviceos.tree import KARGS_FILE
 from edgeci.errors import BootTestError
 from edgeci.tools.run import run, which
 
@@ -41,10 +40,8 @@ ostree --repo="$R" config set sysroot.bootloader none
 ostree --repo="$R" remote add $GPG_OPT "$REMOTE" "$URL"
 [ -z "$GPG_KEY" ] || ostree --repo="$R" remote gpg-import "$REMOTE" -k "$GPG_KEY"
 ostree --repo="$R" pull "$REMOTE" "$REF@$COMMIT"
-KARGS=""
-for k in $(ostree --repo="$R" cat "$COMMIT" /$KARGS_FILE 2>/dev/null || true); do KARGS="$KARGS --karg-append=$k"; done
 ostree admin deploy --sysroot="$S" --os="$OSNAME" --karg=root=LABEL=$ROOT_LABEL --karg=rw \
-    --karg=console=ttyS0,115200 $KARGS "$REMOTE:$REF"
+    --karg=console=ttyS0,115200 "$REMOTE:$REF"
 D=$(ls -d "$S/ostree/deploy/$OSNAME/deploy/$COMMIT".*[0-9] | head -n 1)
 [ -d "$D" ] || { echo "edgeci: the deployment of $COMMIT is missing" >&2; exit 1; }
 if [ -n "$AUTHORIZED_KEY" ]; then
@@ -132,7 +129,7 @@ def install(disk: Path, work: Path, *, url: str, remote: str, ref: str, commit: 
     work.mkdir(parents=True, exist_ok=True)
     (work / "grub.cfg").write_text(boot.GRUB_CFG)
     env = {"WORK": str(work), "OSNAME": osname, "REMOTE": remote, "URL": url, "REF": ref, "COMMIT": commit,
-           "KARGS_FILE": KARGS_FILE, "ROOT_LABEL": boot.ROOT_LABEL, "BOOT_LABEL": boot.BOOT_LABEL,
+           "ROOT_LABEL": boot.ROOT_LABEL, "BOOT_LABEL": boot.BOOT_LABEL,
            "BOOT_MB": str(BOOT_MB), "ROOT_MB": str(root_mb), "AUTHORIZED_KEY": authorized_key,
            "GPG_OPT": "--set=gpg-verify=true" if gpg_key else "--no-gpg-verify", "GPG_KEY": gpg_key}
     r = run(["unshare", "--mount", "--propagation", "private", "sh", "-c", INSTALL_SCRIPT], env=env,

@@ -24,11 +24,10 @@ SUITE = "bookworm"
 BUILD_SCHEMA = 1
 # What every device has: init and services, SSH for the boot test, ostree (with its boot integration:
 # ostree-prepare-root, ostree-remount, 15_ostree for grub-mkconfig), the kernel, GRUB's tools (grub-mkconfig,
-# grub-editenv, for greenboot's boot counter), python3-gi + libostree's typelib (the greenboot stand-in's
-# rollback writes the deployment order through libostree, as rpm-ostree rollback does).
+# grub-editenv, for greenboot's boot counter).
 BASE_PACKAGES = (
     "systemd-sysv", "udev", "dbus", "openssh-server", "ostree", "ostree-boot", "linux-image-amd64", "kmod",
-    "grub-common", "grub2-common", "python3-gi", "gir1.2-ostree-1.0", "iproute2", "tzdata",
+    "grub-common", "grub2-common", "iproute2", "tzdata",
 )
 DEFAULT_SOURCES = "/etc/apt/sources.list.d/debian.sources"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"

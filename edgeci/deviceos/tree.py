@@ -6,7 +6,7 @@ rpm-ostree/osbuild shape an edge commit: /etc shipped as /usr/etc, /var empty (s
 host keys and an empty machine-id. Then the blueprint: users and groups (Debian's own useradd/groupadd in the
 tree), SSH keys (/etc/ssh/authorized_keys.d/<user>), services enabled/disabled/masked (`systemctl --root`; a
 unit that does not exist is a compose error), files and directories, hostname, timezone, NTP servers, locale,
-kernel arguments (usr/lib/edgeci/kargs, applied by the install), and the checks file as greenboot scripts.
+and the checks file as greenboot scripts.
 The package list returned is dpkg's: what is really installed.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,10 +33,10 @@ DROP_MODULE_DIRS = ("drivers/gpu", "drivers/media", "drivers/net/wireless", "dri
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
 # Units that only cost boot time on a test device.
 MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service",
-                "fstrim.timer", "systemd-networkd-wait-online.service", "getty@tty1.service", "getty-static.service",
+                "fstrim.timer", "systemd-networkd-wait-online.service", "NetworkManager-wait-online.service",
+                "getty@tty1.service", "getty-static.service",
                 "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount", "sys-kernel-debug.mount",
                 "sys-kernel-tracing.mount", "dev-hugepages.mount", "dev-mqueue.mount", "man-db.timer")
-KARGS_FILE = "usr/lib/edgeci/kargs"
 UNHONOURED = ("firewall", "installation_device", "fdo", "ignition", "fips", "openscap", "partitioning_mode",
               "disk", "filesystem", "installer", "rhsm", "cacerts", "containers")
 
@@ -226,7 +225,7 @@ def _services(root: Path, cust: Mapping[str, Any]) -> None:
     _systemctl(root, "mask", masked, "customizations.services.masked")
 
 
-def _identity(root: Path, name: str, version: str, cust: Mapping[str, Any], warnings: list[str]) -> list[str]:
+def _identity(root: Path, name: str, version: str, cust: Mapping[str, Any], warnings: list[str]) -> None:
     etc = root / "etc"
     _write(etc / "hostname", f"{cust.get('hostname') or name}\n")
     tz = cust.get("timezone") if isinstance(cust.get("timezone"), Mapping) else {}
@@ -250,11 +249,8 @@ def _identity(root: Path, name: str, version: str, cust: Mapping[str, Any], warn
         _write(etc / "locale.conf", f"LANG={locale['languages'][0]}\n")
     if locale.get("keyboard"):
         _write(etc / "vconsole.conf", f"KEYMAP={locale['keyboard']}\n")
-    kargs: list[str] = []
     kernel = cust.get("kernel") if isinstance(cust.get("kernel"), Mapping) else {}
     assert isinstance(kernel, Mapping)
-    if kernel.get("append"):
-        kargs = shlex.split(str(kernel["append"]))
     if kernel.get("name"):
         warnings.append(f"customizations.kernel.name ({kernel['name']}) not honoured: the device OS runs "
                         "Debian's linux-image-amd64")
@@ -263,7 +259,6 @@ def _identity(root: Path, name: str, version: str, cust: Mapping[str, Any], warn
     text = "".join(line + "\n" for line in osr.read_text().splitlines()
                    if not line.startswith(("IMAGE_ID=", "IMAGE_VERSION=")))
     osr.write_text(text + f"IMAGE_ID={name}\nIMAGE_VERSION={version}\n")
-    return kargs
 
 
 def _device_files(root: Path) -> None:
@@ -340,12 +335,11 @@ def build_device_tree(root: Path, rootfs_tar: Path, *, name: str, version: str, 
     mods = _move_kernel(root, result.kver)
     _accounts(root, cust)
     _services(root, cust)
-    kargs = _identity(root, name, version, cust, result.warnings)
+    _identity(root, name, version, cust, result.warnings)
     _device_files(root)
     if checks is not None:
         for rel, text in render_scripts(checks, version).items():
             _write(root / "etc/greenboot/check" / rel, text, 0o755)
-    _write(root / KARGS_FILE, "".join(f"{k}\n" for k in kargs))
     _write(mods / "initramfs.img", _initramfs(root, result.kver, busybox))
     _ostree_layout(root)
     apply_files(root, cust)
