@@ -140,7 +140,6 @@ class BootTestConfig:
     parallel: bool = True  # install and upgrade+rollback run on two devices at once
     device_memory: int = 1024  # MiB for the device backend's VM (a systemd OS with sshd)
     device_cpus: int = 2  # vCPUs of the device backend's VM (qemu runs them on threads of their own under TCG)
-    upgrade_from: int = 2  # the upgrade scenario starts from each of the last N production releases
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
 
 

@@ -188,6 +188,12 @@ def render_html(d: ReportData) -> str:
         add(_image_mode_html(d.image_mode))
     else:
         add(_delta_chart(d.delta_bytes, d.full_bytes))
+        pull = ((d.boot_test.get("scenarios") or {}).get("upgrade") or {}).get("pull") or {}
+        if pull.get("rx_bytes") is not None:
+            how = (f"{pull.get('delta_parts')} static delta part(s) and {pull.get('loose_objects')} loose object(s)"
+                   if pull.get("used_delta") else "objects (no static delta from what it ran)")
+            add(f"<p>Measured on the device: it pulled the update itself through {_esc(how)}; its network interfaces "
+                f"received {_esc(_fmt_bytes(pull.get('rx_bytes')))} during the update.</p>")
     add("</body></html>")
     return "\n".join(out)
 

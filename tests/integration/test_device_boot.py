@@ -190,6 +190,7 @@ def test_the_libvirt_sequence_on_a_real_device_rolls_back_a_broken_candidate_by_
                               stage_url=broken_url)
         production = Production(url=staged.prod_url, commit=staged.prod_commit)
         result = run_scenarios("libvirt", make, candidate, production, [], only=("upgrade",))
+    assert not result.ok  # what makes `edgeci boot-test` exit 1
     up = result.scenario("upgrade")
     assert up is not None and up.outcome is Outcome.FAILED
     cases = {c.name: c for c in up.cases}

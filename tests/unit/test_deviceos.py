@@ -64,7 +64,7 @@ def test_boot_counting_is_fedoras_scheme() -> None:
     assert cfg.index("source /loader/grub.cfg") < cfg.index("load_env -f /grub/grubenv")
     assert 'set default=1' in cfg and "save_env -f /grub/grubenv boot_counter" in cfg
     assert "grub-editenv /boot/grub/grubenv set boot_success=1" in boot.GREENBOOT
-    assert "systemctl reboot" in boot.GREENBOOT and "write_deployments" in boot.CHECK_FALLBACK
+    assert "systemctl reboot" in boot.GREENBOOT and "ostree admin undeploy 0" in boot.CHECK_FALLBACK
 
 
 @pytest.mark.skipif(shutil.which("sfdisk") is None, reason="needs fdisk")
@@ -139,3 +139,14 @@ def test_the_version_check_prefers_the_images_own_version(tmp_path: Path) -> Non
     check = parse_checks("checks:\n  - name: version\n    os_release_version: true\n").checks[0]
     assert evaluate_in_tree(check, root, "1.0.1") == (True, "version 1.0.1 (expected 1.0.1)")
     assert evaluate_in_tree(check, root, "1.0.2")[0] is False
+
+
+def test_the_report_says_what_the_device_itself_received_for_the_update() -> None:
+    from edgeci.releasepage import ReportData, render_html
+
+    pull = {"bytes": 8192, "delta_parts": 1, "loose_objects": 3, "used_delta": True, "rx_bytes": 18548}
+    html = render_html(ReportData(blueprint="sensor", arch="x86_64", version="1.0.1", commit=C2,
+                                  boot_test={"scenarios": {"upgrade": {"outcome": "passed", "pull": pull}}},
+                                  delta_bytes=8192, full_bytes=474_173_440))
+    assert "it pulled the update itself through 1 static delta part(s) and 3 loose object(s)" in html
+    assert "received 18.1 KiB during the update" in html
