@@ -140,6 +140,9 @@ class BootTestConfig:
     parallel: bool = True  # install and upgrade+rollback run on two devices at once
     device_memory: int = 1024  # MiB for the device backend's VM (a systemd OS with sshd)
     device_cpus: int = 2  # vCPUs of the device backend's VM (qemu runs them on threads of their own under TCG)
+    # the upgrade scenario starts from the last N production releases: production's current one, and a device on
+    # each older one upgrading straight to the candidate (a fleet has devices that missed updates)
+    upgrade_from: int = 2
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
 
 
@@ -505,6 +508,10 @@ def _validate(cfg: Config, ctx: _Ctx) -> None:
     _choice(cfg.composer.upload_target, ("local", "aws.s3"), ("composer", "upload_target"), ctx)
     _choice(cfg.stage.mode, ("serve", "wait"), ("stage", "mode"), ctx)
     _choice(cfg.composer.os, ("device", "busybox"), ("composer", "os"), ctx)
+    if cfg.boot_test.upgrade_from < 1:
+        raise ConfigError(f"boot_test.upgrade_from must be 1 or more, not {cfg.boot_test.upgrade_from}",
+                          where=ctx.where(("boot_test", "upgrade_from")),
+                          fix="1 upgrades from production's current release only")
     _choice(cfg.boot_test.backend, ("auto", "device", "qemu", "sysroot", "libvirt"), ("boot_test", "backend"), ctx)
     _choice(cfg.boot_test.kvm, ("auto", "on", "off"), ("boot_test", "kvm"), ctx)
     _choice(cfg.gate.source, ("local", "gitlab", "jenkins"), ("gate", "source"), ctx)

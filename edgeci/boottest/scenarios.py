@@ -11,6 +11,7 @@ Each scenario is one JUnit suite with one case per check; a check that cannot ru
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -231,7 +232,8 @@ Progress = Callable[[str], None]
 
 def run_scenarios(backend: str, make_guest: GuestFactory, candidate: Candidate, production: Production,
                   checks: Sequence[Check], *, progress: Progress | None = None,
-                  only: tuple[str, ...] = SCENARIOS, parallel: bool = False) -> BootTestResult:
+                  only: tuple[str, ...] = SCENARIOS, parallel: bool = False,
+                  older: Sequence[Production] = ()) -> BootTestResult:
     """Run install on one device, upgrade + rollback on another (both at once when `parallel`: they are
     independent devices, and a TCG VM keeps one core busy). Infrastructure errors inside a scenario become
     ERROR cases (the report is still written); KeyboardInterrupt stops every guest and propagates."""
@@ -259,6 +261,10 @@ def run_scenarios(backend: str, make_guest: GuestFactory, candidate: Candidate, 
             skipped.append(res)
     elif wanted:
         jobs.append(lambda: _upgrade_and_rollback(guest_for, candidate, production, checks, say, wanted))
+    if "upgrade" in only and not skip:
+        # the upgrade matrix: a device on each older release upgrades straight to the candidate too
+        for release in older:
+            jobs.append(functools.partial(_upgrade_from_job, guest_for, candidate, release, checks, say))
 
     results: list[ScenarioResult] = []
     if parallel and len(jobs) > 1:
@@ -345,6 +351,61 @@ def _upgrade_and_rollback(make_guest: GuestFactory, candidate: Candidate, produc
     out = [up] if "upgrade" in wanted else []
     if "rollback" in wanted:
         out.append(rb)
+    return out
+
+
+def upgrade_from_name(release: Production) -> str:
+    return f"upgrade-from-{release.version or (release.commit or '')[:12]}"
+
+
+def _upgrade_from_job(make_guest: GuestFactory, candidate: Candidate, release: Production,
+                      checks: Sequence[Check], say: Progress) -> list[ScenarioResult]:
+    return [_upgrade_from(make_guest, candidate, release, checks, say)]
+
+
+def _upgrade_from(make_guest: GuestFactory, candidate: Candidate, release: Production, checks: Sequence[Check],
+                  say: Progress) -> ScenarioResult:
+    """An older production release upgraded straight to the candidate, as a device that missed updates is."""
+    name = upgrade_from_name(release)
+    res = ScenarioResult(name)
+    t0 = time.monotonic()
+    try:
+        with make_guest(name) as guest:
+            say(f"{name}: deploying release {release.version} ({(release.commit or '')[:12]}) from {release.url}")
+            dep = guest.deploy(PROD_REMOTE, release.url, candidate.ref, release.commit)
+            if dep.commit != release.commit:
+                raise EdgeCIError(f"the release deployed {dep.commit}, expected {release.commit}", where=release.url)
+            up = guest.deploy(STAGE_REMOTE, candidate.stage_url, candidate.ref, candidate.checksum)
+            res.pull = up.pull
+            boot = guest.boot()
+            res.booted = boot.commit
+            res.cases = [Case("upgrade-pull", Outcome.PASSED, f"{(release.commit or '')[:12]} → "
+                              f"{candidate.checksum[:12]}: {up.pull.describe()}", up.pull.text),
+                         boot_case(boot, candidate.checksum),
+                         *check_cases(checks, boot, candidate.checksum, candidate.version or "")]
+    except EdgeCIError as e:
+        res.cases = [Case("setup", Outcome.ERROR, f"deploying release {release.version} failed: {e}"),
+                     *_not_run(checks, Outcome.ERROR, f"did not run: {e}", UPGRADE_LEADING)]
+    res.seconds = time.monotonic() - t0
+    say(f"{name}: {res.outcome.value} ({res.seconds:.1f}s)")
+    return res
+
+
+def older_releases(releases: Sequence[dict[str, Any]], production: Production, candidate: str,
+                   count: int) -> list[Production]:
+    """The upgrade matrix's starting points: up to `count` releases before production's current one (newest
+    first, each commit once), from the releases log (oldest first)."""
+    out: list[Production] = []
+    seen = {production.commit, candidate}
+    for entry in reversed(releases):
+        commit = str(entry.get("checksum") or "")
+        if not commit or commit in seen:
+            continue
+        seen.add(commit)
+        out.append(Production(ref=production.ref, commit=commit, version=str(entry.get("version") or "") or None,
+                              url=production.url, source=production.source))
+        if len(out) >= count:
+            break
     return out
 
 

@@ -17,6 +17,7 @@ from edgeci.config import Config
 from edgeci.target import invalidates
 
 if TYPE_CHECKING:
+    from edgeci.production import Production
     from edgeci.record import BuildRecord, Candidate
 
 HELP = "boot the staged candidate: install, upgrade from production, prove rollback"
@@ -29,8 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgeci.boottest import BACKENDS
 
     p.add_argument("--backend", choices=("auto", *BACKENDS), default=None,
-                   help="qemu (a VM), sysroot (no VM: file-level checks only), libvirt (virt-install on a "
-                        "KVM host); default boot_test.backend, auto = qemu when installed, else sysroot")
+                   help="device (the device OS in qemu: its own disk, GRUB, SSH), qemu (the busybox test OS in a "
+                        "VM), sysroot (no VM: file-level checks only), libvirt (virt-install on a KVM host); default "
+                        "boot_test.backend, auto = device for the local device OS, else qemu when installed, "
+                        "else sysroot")
     p.add_argument("--scenario", action="append", choices=("install", "upgrade", "rollback"), default=None,
                    help="run only this scenario (repeatable; rollback implies the upgrade set-up)")
 
@@ -126,10 +129,13 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     say(f"boot-test {name}/{arch}: candidate {candidate.checksum} ({candidate.version}) from {candidate.stage_url}, "
         f"backend {backend}; production "
         f"{production.commit or 'empty (first release)'}")
+    older = [] if image else _older_releases(cfg, production, candidate)
+    if older:
+        say(f"boot-test {name}/{arch}: upgrade matrix: also from " + ", ".join(str(r.version) for r in older))
     with sigterm_raises():
         result = run_scenarios(backend, factory, candidate, production, checks,
                                progress=lambda msg: say(f"boot-test {name}/{arch}: {msg}"), only=only,
-                               parallel=cfg.boot_test.parallel)
+                               parallel=cfg.boot_test.parallel, older=older)
     report = write_junit(cfg.reports_dir, "boot-test", name, arch, [s.suite() for s in result.scenarios])
     section = {
         "backend": backend,
@@ -168,3 +174,21 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 1
     say(f"boot-test {name}/{arch}: passed")
     return 0
+
+
+def _older_releases(cfg: Config, production: Production, candidate: Candidate) -> list[Production]:
+    """Releases before production's current one to upgrade from too (boot_test.upgrade_from counts production's
+    current release as the first), read from production's releases log."""
+    from edgeci.boottest.scenarios import older_releases
+    from edgeci.production import ReleasesLog, releases_from_url
+
+    count = cfg.boot_test.upgrade_from - 1
+    if count < 1 or production.empty:
+        return []
+    local = cfg.path(cfg.prod.repo)
+    if (local / "config").is_file():
+        releases = ReleasesLog(local).for_ref(candidate.ref)
+    else:
+        releases = [r for r in releases_from_url(production.url) if r.get("ref") == candidate.ref]
+    return older_releases(releases, production, candidate.checksum, count)
+

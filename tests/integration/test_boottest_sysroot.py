@@ -261,3 +261,39 @@ def test_a_checks_file_changed_since_compose_is_refused(tmp_path, monkeypatch, b
     err = capsys.readouterr().err
     assert str(checks) in err and recorded[:12] in err
     assert "boot_test" not in BuildRecord.load(record_path(tmp_path / "build", "gateway", "x86_64")).sections
+
+
+def test_the_upgrade_matrix_also_upgrades_a_device_on_an_older_release(tmp_path, monkeypatch, boottest_http,
+                                                                        capsys):
+    """boot_test.upgrade_from 2 (the default): production's current release and the one before it both upgrade
+    to the candidate; the older device has no delta from its commit and pulls objects."""
+    monkeypatch.chdir(tmp_path)
+    bp = _project(tmp_path, version="1.0.2")
+    stage = tmp_path / "stage-repo"
+    old = commit_tree(stage, REF, write_tree(tmp_path / "t0", version="0.9.0"), "0.9.0")
+    prod_commit = commit_tree(stage, REF, write_tree(tmp_path / "t1", version="1.0.0"), "1.0.0", parent=old)
+    cand = commit_tree(stage, REF, write_tree(tmp_path / "t2", version="1.0.2"), "1.0.2", parent=prod_commit)
+    ostree.static_delta_generate(stage, cand, from_=prod_commit)
+    ostree.summary_update(stage)
+    prod = tmp_path / "build" / "prod" / "repo"
+    ostree.init(prod, mode="archive")
+    ostree.pull_local(prod, stage, [old, prod_commit])
+    ostree.set_ref(prod, REF, prod_commit)
+    (prod / "releases.json").write_text(json.dumps({"schema": 1, "releases": [
+        {"ref": REF, "checksum": old, "version": "0.9.0"}, {"ref": REF, "checksum": prod_commit, "version": "1.0.0"}]}))
+    url = boottest_http(stage)
+    write_record(tmp_path / "build", "gateway", "x86_64", version="1.0.2", blueprint_path=bp, commit=cand,
+                 parent=prod_commit, ref=REF, stage_url=url)
+
+    assert main(["boot-test", "gateway", "--backend", "sysroot"]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "upgrade matrix: also from 0.9.0" in out
+    sc = BuildRecord.load(record_path(tmp_path / "build", "gateway", "x86_64")).section("boot_test")["scenarios"]
+    assert set(sc) == {"install", "upgrade", "rollback", "upgrade-from-0.9.0"}
+    older = sc["upgrade-from-0.9.0"]
+    assert older["outcome"] == "passed" and older["booted"] == cand
+    assert older["pull"]["used_delta"] is False and sc["upgrade"]["pull"]["used_delta"] is True
+    # 1 counts production's current release only
+    assert main(["boot-test", "gateway", "--backend", "sysroot", "--set", "boot_test.upgrade_from=1"]) == 0
+    sc = BuildRecord.load(record_path(tmp_path / "build", "gateway", "x86_64")).section("boot_test")["scenarios"]
+    assert "upgrade-from-0.9.0" not in sc
