@@ -103,7 +103,10 @@ def mutate(paths: list[Path], share: float, version: int, rng: random.Random) ->
         patch = (f"\n# release {version}\n".encode() if p.suffix == ".txt" else rng.randbytes(256))
         data[at:at + len(patch)] = patch
         p.write_bytes(bytes(data))
-    (paths[0].parents[2] / "lib" / "modules" / "6.1.0-bench" / "vmlinuz").open("ab").write(rng.randbytes(4096))
+    kernel = next((p / "lib" / "modules" / "6.1.0-bench" / "vmlinuz" for p in paths[0].parents
+                   if (p / "lib" / "modules" / "6.1.0-bench" / "vmlinuz").is_file()), None)
+    if kernel is not None:  # the generated tree's kernel changes every release
+        kernel.open("ab").write(rng.randbytes(4096))
 
 
 def write_record(project: Path, stage_url: str, checksum: str, parent: str | None, version: str) -> None:
@@ -206,12 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--history", type=int, default=50, help="promotions in the history run")
     ap.add_argument("--history-files", type=int, default=600, help="tree size for the history run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--tree-tar", type=Path, default=None,
+                    help="a root filesystem tar as the workload instead of the generated tree (e.g. the device OS's "
+                         "cached Debian tree under ~/.cache/edgeci/deviceos); --history 0 skips the history run")
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="edgeci-bench-promote-"))
     ok = True
     try:
         ok &= compare(root / "compare", args)
-        ok &= history(root / "history", args)
+        if args.history:
+            ok &= history(root / "history", args)
     finally:
         if args.keep:
             print(f"kept {root}")
@@ -220,10 +227,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def make_stage(root: Path, files: int, releases: int, share: float) -> tuple[Path, list[str]]:
+def base_from_tar(tree: Path, tar: Path) -> list[Path]:
+    """A real OS tree (the device OS's cached Debian root filesystem) as the workload: its regular files under
+    usr/ are what releases change."""
+    import subprocess
+
+    tree.mkdir(parents=True)
+    subprocess.run(["tar", "-xf", str(tar), "-C", str(tree), "--exclude=./dev/*", "--exclude=./proc/*",
+                    "--exclude=./sys/*", "--numeric-owner"], check=True)
+    for d in ("dev", "proc", "sys", "run", "tmp"):
+        shutil.rmtree(tree / d, ignore_errors=True)
+    mod = next((tree / "usr" / "lib" / "modules").iterdir())
+    (tree / "usr" / "lib" / "modules" / "6.1.0-bench").symlink_to(mod.name)
+    return sorted(p for p in (tree / "usr").rglob("*") if p.is_file() and not p.is_symlink()
+                  and p.stat().st_size > 0 and "modules" not in p.parts)
+
+
+def make_stage(root: Path, files: int, releases: int, share: float, tar: Path | None = None) -> tuple[Path, list[str]]:
     rng = random.Random(6)
     tree, stage = root / "tree", root / "stage" / "repo"
-    paths = build_base(tree, files, rng)
+    paths = base_from_tar(tree, tar) if tar else build_base(tree, files, rng)
     ostree.init(stage, "archive")
     commits: list[str] = []
     for v in range(1, releases + 1):
@@ -237,9 +260,10 @@ def make_stage(root: Path, files: int, releases: int, share: float) -> tuple[Pat
 
 def compare(root: Path, args: argparse.Namespace) -> bool:
     t0 = time.perf_counter()
-    stage, commits = make_stage(root, args.files, args.compare + 1, args.change)
-    du = sum(f.stat().st_size for f in (root / "tree").rglob("*") if f.is_file())
-    print(f"compare: {args.files} files ({du / 1e6:.0f} MB), {args.change:.0%} changed per release, "
+    stage, commits = make_stage(root, args.files, args.compare + 1, args.change, args.tree_tar)
+    files = [f for f in (root / "tree").rglob("*") if f.is_file() and not f.is_symlink()]
+    du = sum(f.stat().st_size for f in files)
+    print(f"compare: {len(files)} files ({du / 1e6:.0f} MB), {args.change:.0%} changed per release, "
           f"{len(commits)} releases built in {time.perf_counter() - t0:.0f}s", flush=True)
     with serve(stage.parent) as url:
         stage_url = f"{url}/repo"
@@ -278,6 +302,8 @@ def compare(root: Path, args: argparse.Namespace) -> bool:
     print(f"compare: runbook total {sum(times_rb):.2f}s, edgeci total {sum(times_ec):.2f}s; "
           f"median per-release ratio {med:.2f}; CPU time ratio {sum(cpu_ec) / sum(cpu_rb):.2f} "
           f"({sum(cpu_ec):.2f}s / {sum(cpu_rb):.2f}s)", flush=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"compare: peak RSS of any child process (ostree, edgeci promote): {peak:.0f} MiB", flush=True)
     ok = result("promote_vs_runbook", total, 1.2, "x")
     verify = median([run([sys.executable, "-m", "edgeci", "verify", commits[-1], "--repo", str(edgeci_repo),
                           "--policy", str(project / "trust" / "trust.yaml"), "--config",
