@@ -101,8 +101,8 @@ class DeviceGuest(SSHGuest):
             return None
         # a unix socket path has 108 bytes and ssh adds a suffix while creating it: keep it short
         control = Path(tempfile.gettempdir()) / f"edgeci-ssh-{os.getpid()}-{self.port}"
-        return SSHTarget("127.0.0.1", "root", str(self.key), port=self.port, connect_timeout=10,
-                         control_path=str(control))
+        return SSHTarget("127.0.0.1", "root", str(self.key), port=self.port, connect_timeout=20,
+                         control_path=str(control), alive_interval=15, alive_count=8)
 
     def _waiting(self, deadline: float, interval: float) -> Waiting[Any]:
         def sleep(seconds: float) -> None:

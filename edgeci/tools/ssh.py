@@ -25,6 +25,10 @@ class SSHTarget:
     # a control socket: the first command opens one connection, the next ones reuse it (a handshake costs
     # seconds on an emulated CPU). Close it with close_master() when the device goes away.
     control_path: str = ""
+    # keepalives: the connection is given up after alive_interval × alive_count seconds without an answer (a VM
+    # under emulation on a busy host answers late: give it more)
+    alive_interval: int = 5
+    alive_count: int = 3
 
     def argv(self, command: str) -> list[str]:
         args = ["ssh", "-p", str(self.port),
@@ -33,7 +37,7 @@ class SSHTarget:
                 "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "LogLevel=ERROR",
                 "-o", f"ConnectTimeout={self.connect_timeout}",
-                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+                "-o", f"ServerAliveInterval={self.alive_interval}", "-o", f"ServerAliveCountMax={self.alive_count}"]
         if self.key:
             args += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
         if self.control_path:
