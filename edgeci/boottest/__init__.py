@@ -39,15 +39,18 @@ def guest_class(backend: str) -> Any:
     return getattr(importlib.import_module(module), cls)
 
 
-def choose_backend(requested: str, cfg: Any = None) -> str:
-    """The backend to run: `requested`, or for "auto": device when the local composer builds the device OS (a
-    commit with sshd and a bootloader), else the first of qemu, sysroot whose tools are installed."""
+def choose_backend(requested: str, cfg: Any = None, *, composed_os: str | None = None) -> str:
+    """The backend to run: `requested`, or for "auto": device when the candidate is the local composer's device OS
+    (a commit with sshd and a bootloader: `composed_os`, from the compose record; without a record, what the config
+    would build), else the first of qemu, sysroot whose tools are installed."""
     from edgeci.tools.run import have
 
     if requested != "auto":
         guest_class(requested)
         return requested
-    if cfg is not None and cfg.composer.backend == "local" and cfg.composer.os == "device":
+    if composed_os is None and cfg is not None and cfg.composer.backend == "local":
+        composed_os = cfg.composer.os
+    if composed_os == "device":
         return "device"
     return "qemu" if all(have(t) for t in guest_class("qemu").TOOLS) else "sysroot"
 

@@ -271,6 +271,7 @@ class LocalComposer:
             "packages": result.get("packages", []),
             "warnings": result.get("warnings", []),
             "artifact": result.get("artifact", ""),
+            "os": result.get("os", ""),  # device | busybox: which OS the local composer built
         }
 
     # -- parent -------------------------------------------------------------------------------------
@@ -425,6 +426,7 @@ class LocalComposer:
             os.replace(part, d / name)
         shutil.rmtree(repo)
         result = {"artifact": name, "commit": commit, "ref": request.ref, "parent": parent, "packages": packages,
+                  "os": self.cfg.composer.os,
                   "warnings": warnings, "sha256": sha256_file(d / name),
                   "seconds": round(time.monotonic() - started, 2)}
         atomic_write_text(d / "result.json", mask(json.dumps(result, indent=2, sort_keys=True)))

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         factory = _image.device_factory(cfg, name, base_dir, osname_for(cfg.distro(name)))
         say(f"boot-test {name}/{arch}: the device is updated by {STANDIN}")
     else:
-        backend = choose_backend(args.backend or cfg.boot_test.backend, cfg)
+        backend = choose_backend(args.backend or cfg.boot_test.backend,
+                                 composed_os=str(rec.section("compose").get("os") or ""))
         require_tools(backend)
         production = resolve_production(cfg.path(cfg.prod.repo), cfg.prod.url, candidate.ref)
         # the devices reached over SSH get the checks as scripts (the busybox qemu OS reports its own)

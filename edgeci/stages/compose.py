@@ -284,6 +284,8 @@ def _compose(args: argparse.Namespace, cfg: Config, name: str, arch: str, path: 
     section = {**base, "artifact": _display(cfg, artifact), "artifact_sha256": sha, "commit": info.get("commit", ""),
                "parent": info.get("parent", request.parent), "packages": info.get("packages", []),
                "warnings": warnings, "version": str(info.get("version") or bp.version)}
+    if info.get("os"):
+        section["os"] = str(info["os"])  # the local composer's OS: the boot test's auto backend follows it
     rec.set("compose", section)
     rec.save()
     _sign(cfg, rec, name, arch, path, bp.checks_path, rendered.variables)

@@ -52,6 +52,8 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staged]:
 
 
 def test_the_device_os_is_real_packages_honouring_the_blueprint(staged: Staged) -> None:
+    compose = BuildRecord.load(staged.project / "build" / "sensor" / "x86_64" / "record.json").section("compose")
+    assert compose["os"] == "device"
     names = {p["name"] for p in staged.packages}
     # dpkg's own list: the blueprint's chrony, and what a device needs
     assert {"chrony", "systemd", "openssh-server", "ostree", "grub-common"} <= names

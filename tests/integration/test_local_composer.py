@@ -82,6 +82,7 @@ def test_record_and_report(composed_gateway: ComposedProject) -> None:
     assert set(compose) >= {"backend", "id", "type", "artifact", "artifact_sha256", "commit", "parent", "ref",
                             "url", "packages", "warnings"}
     assert compose["backend"] == "local" and compose["type"] == "edge-container"
+    assert compose["os"] == "busybox"  # the suite's OS (tests/conftest.py); boot-test's auto backend follows it
     from edgeci.oci import sha256_file
 
     assert compose["artifact_sha256"] == sha256_file(composed_gateway.artifact)
@@ -292,6 +293,7 @@ def test_local_composer_implements_the_protocol(tmp_path: Path, kernel_cache) ->
 
     project = _new_project(tmp_path)
     cfg = Config(root=project)
+    cfg.composer.os = "busybox"  # the suite's OS (the dataclass default is the device OS)
     composer = backend(cfg)
     assert isinstance(composer, LocalComposer) and isinstance(composer, Composer)
     text = (project / "blueprints" / "gateway.toml").read_text()

@@ -150,3 +150,17 @@ def test_the_report_says_what_the_device_itself_received_for_the_update() -> Non
                                   delta_bytes=8192, full_bytes=474_173_440))
     assert "it pulled the update itself through 1 static delta part(s) and 3 loose object(s)" in html
     assert "received 18.1 KiB during the update" in html
+
+
+def test_auto_boots_the_device_only_for_a_device_os_candidate() -> None:
+    from edgeci.boottest import choose_backend
+    from edgeci.config import Config
+
+    cfg = Config()
+    assert cfg.composer.os == "device"
+    assert choose_backend("auto", cfg, composed_os="device") == "device"
+    # a busybox commit (or Image Builder's) never goes to the SSH device, whatever the config would build now
+    assert choose_backend("auto", cfg, composed_os="busybox") in ("qemu", "sysroot")
+    assert choose_backend("auto", cfg, composed_os="") in ("qemu", "sysroot")
+    assert choose_backend("auto", cfg) == "device"  # no record yet (the demo's trust policy): the config's OS
+    assert choose_backend("libvirt", cfg, composed_os="device") == "libvirt"
