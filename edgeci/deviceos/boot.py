@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 from edgeci.tools.run import run, which
@@ -273,7 +272,3 @@ def ovmf_firmware() -> Path:
 
     raise ToolError("no UEFI firmware for qemu (OVMF.fd)", fix="apt-get install ovmf")
 
-
-def copy_exec(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src, dst)

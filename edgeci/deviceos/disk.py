@@ -13,7 +13,6 @@ turns the two trees into filesystems with `mke2fs -d` (no loop device, no mount 
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +149,3 @@ def install(disk: Path, work: Path, *, url: str, remote: str, ref: str, commit: 
             else None
     return InstalledDisk(disk, size, kb * 1024)
 
-
-def quoted(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
