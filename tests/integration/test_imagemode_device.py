@@ -32,16 +32,8 @@ pytestmark = pytest.mark.skipif(not all(have(t) for t in ("buildah", "skopeo", "
 
 def _publish(tmp_path: Path, registry: Registry, keys: GpgKeys, built: ts.Built) -> tuple[str, str, Path, Path]:
     """1.0.0 and 1.0.1 pushed signed to the stage repository, 1.0.0 then 1.0.1 promoted to production."""
-    ep = ts.endpoint(registry)
-    stage, prod = f"{registry.host}/stage/gateway", f"{registry.host}/prod/gateway"
-    sigstore = tmp_path / "sigstore"
-    rd = sign.write_registries_d(tmp_path / "ci.d", {
-        r: sign.registries_d_entry(lookaside=sigstore.as_uri(), lookaside_staging=sigstore.as_uri())
-        for r in (stage, prod)}).parent
-    signer = sign.GpgSigner(keys.key, keys.home)
-    for img in (built.one, built.two):
-        sign.push_signed(img.archive, stage, [img.version], expected_digest=img.digest, layers=[], signer=signer,
-                         registries_d=rd, endpoint=ep)
+    st = ts.push_signed_stage(tmp_path, registry, keys, [built.one, built.two])
+    ep, stage, prod, rd, sigstore = st.endpoint, st.stage, st.prod, st.registries_d, st.sigstore
     previous = None
     for img in (built.one, built.two):
         promote.promote(digest=img.digest, version=img.version, stage_repo=stage, prod_repo=prod, prod_tag="stable",

@@ -25,16 +25,8 @@ built_images = ts.built_images
 def test_promote_by_digest_with_signatures(tmp_path: Path, registry: Registry, promote_gpg: GpgKeys,
                                            built_images: ts.Built) -> None:
     one, two = built_images.one, built_images.two
-    ep = ts.endpoint(registry)
-    stage, prod = f"{registry.host}/stage/gateway", f"{registry.host}/prod/gateway"
-    sigstore = tmp_path / "sigstore"
-    rd = sign.write_registries_d(tmp_path / "ci.d", {
-        r: sign.registries_d_entry(lookaside=sigstore.as_uri(), lookaside_staging=sigstore.as_uri())
-        for r in (stage, prod)}).parent
-    signer = sign.GpgSigner(promote_gpg.key, promote_gpg.home)
-    for img in (one, two):
-        sign.push_signed(img.archive, stage, [img.version], expected_digest=img.digest, layers=[], signer=signer,
-                         registries_d=rd, endpoint=ep)
+    st = ts.push_signed_stage(tmp_path, registry, promote_gpg, [one, two])
+    ep, stage, prod, rd, sigstore = st.endpoint, st.stage, st.prod, st.registries_d, st.sigstore
     # The stage tag moved on to 1.0.1 after 1.0.0 was tested: promotion takes the tested digest.
     sign.copy(f"docker://{stage}@{two.digest}", f"docker://{stage}:stage", src_endpoint=ep, dest_endpoint=ep,
               registries_d=rd)

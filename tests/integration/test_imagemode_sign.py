@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,31 @@ def built_images(request: pytest.FixtureRequest) -> Iterator[Built]:
 
 def endpoint(reg: Registry) -> sign.Endpoint:
     return sign.Endpoint(tls_verify=False, creds=Creds(reg.user, reg.password))
+
+
+@dataclass
+class SignedStage:
+    stage: str
+    prod: str
+    registries_d: Path
+    endpoint: sign.Endpoint
+    sigstore: Path  # the lookaside signature store
+
+
+def push_signed_stage(tmp_path: Path, reg: Registry, keys: GpgKeys, images: Sequence[build.BuiltImage]) -> SignedStage:
+    """`images` pushed to the stage repository signed by `keys`, with the registries.d (one lookaside for the
+    stage and production repositories) a CI job would use."""
+    ep = endpoint(reg)
+    stage, prod = f"{reg.host}/stage/gateway", f"{reg.host}/prod/gateway"
+    sigstore = tmp_path / "sigstore"
+    rd = sign.write_registries_d(tmp_path / "ci.d", {
+        r: sign.registries_d_entry(lookaside=sigstore.as_uri(), lookaside_staging=sigstore.as_uri())
+        for r in (stage, prod)}).parent
+    signer = sign.GpgSigner(keys.key, keys.home)
+    for img in images:
+        sign.push_signed(img.archive, stage, [img.version], expected_digest=img.digest, layers=[], signer=signer,
+                         registries_d=rd, endpoint=ep)
+    return SignedStage(stage, prod, rd, ep, sigstore)
 
 
 def device_pull(reg: Registry, ref: str, device_etc: Path, dest: Path) -> sign.CopyResult:
