@@ -12,7 +12,7 @@ demo: deps
 	PYTHON=$(PYTHON) scripts/demo.sh
 
 test: deps npm lint
-	$(PYTHON) -m pytest -q -n 2 --dist loadgroup tests
+	$(PYTHON) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 lint: deps
 	$(PYTHON) -m ruff check edgeci tests bench

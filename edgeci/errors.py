@@ -68,10 +68,12 @@ class ToolError(EdgeCIError):
         stderr: str = "",
         where: str | None = None,
         fix: str | None = None,
+        timed_out: bool = False,
     ) -> None:
         self.argv = argv or []
         self.returncode = returncode
         self.stderr = stderr
+        self.timed_out = timed_out
         super().__init__(message, where=where, fix=fix)
 
 

@@ -33,7 +33,7 @@ from edgeci.boottest.guest import (
     parse_pull_output,
     parse_size,
 )
-from edgeci.errors import BootTestError
+from edgeci.errors import BootTestError, ToolError
 from edgeci.tools.run import Completed, run
 from edgeci.tools.ssh import SSHTarget, close_master, ssh
 from edgeci.wait import Waiting, WaitTimeout
@@ -223,6 +223,8 @@ class SSHDevice:
         default=lambda deadline, interval: Waiting(deadline=deadline, interval=interval, backoff=1.5,
                                                    max_interval=10.0))
     boot_timeout: float = 600.0
+    # one connection attempt while waiting for a (re)boot: a booting VM's forwarder accepts and then says nothing
+    attempt_timeout: float = 30.0
     transcript: list[str] = field(default_factory=list)
     target: SSHTarget | None = None
     last_error: str = ""
@@ -242,7 +244,16 @@ class SSHDevice:
             self.target = self.address()
             if self.target is None:
                 return None
-        r = ssh(self.target, command, timeout=timeout, runner=self.runner)
+        try:
+            r = ssh(self.target, command, timeout=timeout, runner=self.runner)
+        except ToolError as e:
+            if not e.timed_out:
+                raise
+            # a booting VM: qemu's forwarder accepted the connection but nothing answered in time. The shared
+            # connection (if one was half made) is dropped so that the next attempt starts afresh.
+            self.last_error = f"no answer within {timeout:g} s"
+            close_master(self.target, runner=self.runner)
+            return None
         if r.returncode != 0:
             lines = [ln for ln in (r.stderr or r.stdout).strip().splitlines() if ln.strip()]
             self.last_error = lines[-1][:200] if lines else f"exit {r.returncode}"
@@ -259,7 +270,7 @@ class SSHDevice:
                 why = alive()
                 if why:
                     raise BootTestError(f"{self.name} {why}")
-            r = self._try("cat /proc/sys/kernel/random/boot_id", 30)
+            r = self._try("cat /proc/sys/kernel/random/boot_id", self.attempt_timeout)
             boot_id = r.stdout.strip() if r else ""
             if not boot_id:
                 return f"waiting for SSH ({self.last_error or 'no answer'})", None

@@ -220,6 +220,7 @@ def run(
             argv=mask_argv(args),
             stderr=mask(_decode(e.stderr)),
             fix="raise the timeout or check why the program hangs",
+            timed_out=True,
         ) from None
     except OSError as e:
         raise ToolError(f"cannot start '{shown}': {e.strerror}", argv=mask_argv(args)) from None

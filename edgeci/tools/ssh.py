@@ -6,6 +6,7 @@ known in advance, so it is accepted and never stored (UserKnownHostsFile=/dev/nu
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,13 @@ def close_master(target: SSHTarget, runner: Runner = run) -> None:
     """End the control master of `target` (ssh -O exit), if one runs."""
     import os
 
+    from edgeci.errors import ToolError
+
     if target.control_path and os.path.exists(target.control_path):
-        runner(["ssh", "-o", f"ControlPath={target.control_path}", "-O", "exit", f"{target.user}@{target.host}"],
-               timeout=30, check=False)
+        try:
+            runner(["ssh", "-o", f"ControlPath={target.control_path}", "-O", "exit", f"{target.user}@{target.host}"],
+                   timeout=30, check=False)
+        except ToolError:
+            pass  # a wedged master: the socket goes below and the next command opens a fresh connection
+        with contextlib.suppress(OSError):
+            os.unlink(target.control_path)

@@ -164,3 +164,49 @@ def test_auto_boots_the_device_only_for_a_device_os_candidate() -> None:
     assert choose_backend("auto", cfg, composed_os="") in ("qemu", "sysroot")
     assert choose_backend("auto", cfg) == "device"  # no record yet (the demo's trust policy): the config's OS
     assert choose_backend("libvirt", cfg, composed_os="device") == "libvirt"
+
+
+def test_a_device_that_accepts_but_never_answers_is_waited_for_not_an_error(tmp_path: Path) -> None:
+    """qemu's port forwarder accepts the connection while the VM is still booting: real ssh then waits in the
+    handshake. Each attempt is bounded, the half-made shared connection dropped, and the wait goes on to its
+    deadline (a boot-test error naming the last reason), never a stray tool error mid-boot."""
+    import socket
+    import threading
+
+    from edgeci.boottest.ssh_device import SSHDevice
+    from edgeci.tools.ssh import SSHTarget
+    from edgeci.wait import Waiting
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")  # then silence: no key exchange
+            held.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    control = str(tmp_path / "cm")
+    target = SSHTarget("127.0.0.1", "root", port=srv.getsockname()[1], connect_timeout=2, control_path=control)
+    device = SSHDevice(address=lambda: target, tooling=OstreeAdmin(), name="vm", attempt_timeout=1.5,
+                       waiting=lambda deadline, interval: Waiting(deadline=deadline, interval=0.2))
+    try:
+        with pytest.raises(BootTestError, match=r"did not answer on SSH.*no answer within 1.5 s"):
+            device.wait_for_ssh(deadline=5)
+    finally:
+        stop.set()
+        thread.join()
+        for c in held:
+            c.close()
+        srv.close()
+    assert len(held) >= 2  # it tried again after the first attempt hung
+    assert not Path(control).exists()
