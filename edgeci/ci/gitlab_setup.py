@@ -29,8 +29,9 @@ BUILD_STAGES = ("compose", "push", "stage", "boot-test")
 CHILD_STAGES = (*BUILD_STAGES, "promote")
 # Environments that scope the signing keys: GitLab gives an environment-scoped (File, protected) CI/CD
 # variable only to jobs deploying to a matching environment, so EDGECI_COMPOSE_KEY reaches the compose jobs
-# and EDGECI_BOOT_TEST_KEY the boot-test jobs, nothing else. `action: prepare` records no deployment.
-KEY_ENVIRONMENTS = {"compose": "edgeci/compose", "boot-test": "edgeci/boot-test"}
+# and EDGECI_BOOT_TEST_KEY the boot-test jobs, EDGECI_IMAGE_SIGNING_KEY the push jobs of image-mode blueprints,
+# nothing else. `action: prepare` records no deployment.
+KEY_ENVIRONMENTS = {"compose": "edgeci/compose", "boot-test": "edgeci/boot-test", "push": "edgeci/image-signing"}
 # Retried only when the failure is the infrastructure's, never a failed candidate.
 RETRY_WHEN = ("runner_system_failure", "stuck_or_timeout_failure", "api_failure")
 
@@ -59,6 +60,8 @@ ACCESS_LEVELS = {"developer": 30, "maintainer": 40, "admin": 60}
 class Target:
     blueprint: str
     arch: str
+    # an image-mode blueprint (blueprints/NAME/Containerfile): its push job signs the image
+    image: bool = field(default=False, compare=False)
 
     @property
     def slug(self) -> str:
@@ -192,7 +195,8 @@ class ChildOptions:
 
 def targets_for(cfg: Config, blueprints: list[str]) -> list[Target]:
     """One target per blueprint × configured arch, sorted."""
-    return sorted(Target(bp, arch) for bp in blueprints for arch in cfg.arches(bp))
+    return sorted(Target(bp, arch, image=(cfg.blueprints_dir / bp / "Containerfile").is_file())
+                  for bp in blueprints for arch in cfg.arches(bp))
 
 
 def _artifacts(opts: ChildOptions, t: Target, stage: str, *reports: str) -> dict[str, Any]:
@@ -304,6 +308,9 @@ def child_pipeline(targets: list[Target], opts: ChildOptions) -> dict[str, Any]:
             if stage == "boot-test":
                 # EDGECI_BOOT_TEST_KEY is scoped to this environment: only the boot-test jobs sign results
                 job["environment"] = {"name": KEY_ENVIRONMENTS["boot-test"], "action": "prepare"}
+            if stage == "push" and t.image:
+                # EDGECI_IMAGE_SIGNING_KEY is scoped to this environment: only image pushes sign images
+                job["environment"] = {"name": KEY_ENVIRONMENTS["push"], "action": "prepare"}
             if stage == "stage" and opts.mode is Mode.MERGE_REQUEST:
                 # the merge request's own stage, stopped when the merge request is merged or closed
                 job["environment"] = {"name": f"review/{opts.review_name}/{t.blueprint}-{t.arch}",

@@ -377,6 +377,7 @@ def test_only_the_promote_branch_runs_the_monthly_rebuild_and_reaches_approval(g
 @pytest.mark.parametrize(("stage", "credentials", "variable"), [
     ("Compose", "edgeci-compose-key", "EDGECI_COMPOSE_KEY"),
     ("Boot test", "edgeci-boot-test-key", "EDGECI_BOOT_TEST_KEY"),
+    ("Push", "edgeci-image-signing-key", "EDGECI_IMAGE_SIGNING_KEY"),
 ])
 def test_each_signing_key_is_bound_only_inside_its_stage(groovy_run: dict[str, Any], stage: str, credentials: str,
                                                          variable: str) -> None:
@@ -384,9 +385,10 @@ def test_each_signing_key_is_bound_only_inside_its_stage(groovy_run: dict[str, A
     bound = [e for e in _events(run, "file") if variable in e["args"][0]]
     assert [e["args"][0] for e in bound] == [f"[credentialsId: {credentials}, variable: {variable}]"]
     assert bound[0]["stages"][-1] == stage
-    (with_credentials,) = [n for n in _nodes(_stage(run, stage), "withCredentials")]
+    # the innermost withCredentials of the stage binds the key (Push nests it in the registry login)
+    with_credentials = [n for n in _nodes(_stage(run, stage), "withCredentials")][-1]
     commands = [n["args"][0] for n in _nodes(with_credentials, "sh")]
-    wanted = "compose" if stage == "Compose" else "boot-test"
+    wanted = {"Compose": "compose", "Boot test": "boot-test", "Push": "push"}[stage]
     assert commands and all(f" {wanted} " in c for c in commands)  # only that stage's edgeci commands
 
 

@@ -20,6 +20,7 @@ from edgeci.ci.gitlab_setup import (
     detect_mode,
     mr_summary,
     render_yaml,
+    targets_for,
 )
 from edgeci.cli import main
 from edgeci.config import load_config
@@ -533,6 +534,24 @@ def test_signing_keys_reach_only_their_jobs_through_environment_scopes() -> None
     for name in ("compose:gateway:x86_64", "boot-test:gateway:x86_64"):
         assert doc[name]["environment"]["action"] == "prepare"  # no deployment recorded
     # nothing names a key in the YAML: the keys are File variables of the project, never job variables
+    assert "_KEY" not in json.dumps(doc)
+
+
+def test_the_image_signing_key_reaches_only_the_push_jobs_of_image_mode_blueprints(tmp_path: Path) -> None:
+    (tmp_path / "blueprints" / "gateway-bootc").mkdir(parents=True)
+    (tmp_path / "blueprints" / "gateway-bootc" / "Containerfile").write_text("FROM localhost/base@sha256:" + "0" * 64)
+    (tmp_path / "blueprints" / "gateway.toml").write_text(blueprint_text("gateway", "1.0.0"))
+    (tmp_path / "edgeci.yaml").write_text("")
+    targets = targets_for(load_config(tmp_path / "edgeci.yaml"), ["gateway", "gateway-bootc"])
+    assert [(t.blueprint, t.image) for t in targets] == [("gateway", False), ("gateway-bootc", True)]
+    doc = child_pipeline(targets, ChildOptions(mode=Mode.DEFAULT_BRANCH))
+    assert doc["push:gateway-bootc:x86_64"]["environment"] == {"name": "edgeci/image-signing", "action": "prepare"}
+    assert "environment" not in doc["push:gateway:x86_64"]  # an ostree push signs nothing
+    # the image's other jobs are the ostree kind's, with the same keys where they were
+    for stage, env in (("compose", "edgeci/compose"), ("boot-test", "edgeci/boot-test")):
+        assert doc[f"{stage}:gateway-bootc:x86_64"]["environment"]["name"] == env
+    assert {j.split(":")[0] for j in doc if j.endswith("gateway-bootc:x86_64")} == \
+        {j.split(":")[0] for j in doc if j.endswith(":gateway:x86_64")}
     assert "_KEY" not in json.dumps(doc)
 
 

@@ -21,7 +21,7 @@
 /** Settings only the library's configuration may set (resources/edgeci/settings.properties). */
 List librarySettingNames() {
     return ['submitter', 'promoteBranch', 'prodLabel', 'lockResource', 'jenkinsCredentials',
-            'composeKeyCredentials', 'bootTestKeyCredentials', 'registryCredentials']
+            'composeKeyCredentials', 'bootTestKeyCredentials', 'registryCredentials', 'imageSigningKeyCredentials']
 }
 
 def call(Map config = [:]) {
@@ -117,7 +117,10 @@ def call(Map config = [:]) {
                         steps {
                             script {
                                 withRegistryLogin(cfg.registryCredentials) {
-                                    eachTarget(targets) { t -> sh "${cfg.edgeci} push ${t.blueprint} --arch ${t.arch}" }
+                                    // the image signing key signs image-mode pushes: bound in this stage only
+                                    withKeyFile(cfg.imageSigningKeyCredentials, 'EDGECI_IMAGE_SIGNING_KEY') {
+                                        eachTarget(targets) { t -> sh "${cfg.edgeci} push ${t.blueprint} --arch ${t.arch}" }
+                                    }
                                 }
                             }
                         }
