@@ -4,8 +4,10 @@ Everything the boot test asks a running device goes through `SSHDevice`: its boo
 `systemctl is-system-running --wait`, greenboot's health-check unit, the blueprint's checks piped to `sh -s`,
 an update from a remote (pull, deploy, boot counter), a reboot (waiting for a new boot id), and greenboot's
 rollback. What differs between a RHEL for Edge VM and edgeci's Debian device is only the update tool, behind
-`Tooling`: `RpmOstree` (rpm-ostree status --json / upgrade / rebase, with sudo as the kickstart's user) and
-`OstreeAdmin` (ostree admin status / set-origin / upgrade --override-commit, as root).
+`Tooling`: `RpmOstree` (rpm-ostree status --json / upgrade / rebase, with sudo as the kickstart's user),
+`OstreeAdmin` (ostree admin status / set-origin / upgrade --override-commit, as root) and `Bootc` (a RHEL 10
+image-mode device: bootc status --format=json / switch by digest / upgrade, with sudo; the candidate is the
+image's manifest digest).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ Runner = Callable[..., Completed]
 GREENBOOT_UNIT = "greenboot-healthcheck.service"
 GREENBOOT_RESULTS = "/var/lib/greenboot/boots"
 INJECTED_PATH = f"/etc/greenboot/check/required.d/{INJECTED_CHECK_FILE}"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 # -- parsers -------------------------------------------------------------------------------------------------
@@ -91,6 +94,68 @@ def parse_ostree_admin_status(text: str) -> dict[str, Any]:
     raise BootTestError("ostree admin status shows no booted deployment (not an ostree-booted system?)")
 
 
+def _bootc_digest(entry: Any) -> str | None:
+    """The image digest (64 hex, no "sha256:") of one `bootc status` deployment entry, None when the entry was
+    not deployed from an image (an ostree commit: `image` is null)."""
+    image = entry.get("image") if isinstance(entry, dict) else None
+    digest = image.get("imageDigest") if isinstance(image, dict) else None
+    if not digest:
+        return None
+    hexd = str(digest).removeprefix("sha256:")
+    if not _HEX64.fullmatch(hexd):
+        raise BootTestError(f"bootc status --format=json: image digest '{digest}' is not sha256:<64 hex>")
+    return hexd
+
+
+def _bootc_id(entry: Any) -> str | None:
+    """What identifies a deployment: its image digest, or its ostree checksum when it is not from an image."""
+    digest = _bootc_digest(entry)
+    if digest is not None or not isinstance(entry, dict):
+        return digest
+    ostree = entry.get("ostree")
+    return str(ostree["checksum"]) if isinstance(ostree, dict) and ostree.get("checksum") else None
+
+
+def parse_bootc_status(text: str) -> dict[str, Any]:
+    """The booted image of `bootc status --format=json` (bootc's BootcHost, apiVersion org.containers.bootc/v1):
+    {checksum: the booted image's manifest digest (hex), version, origin: the booted image reference, count: the
+    deployments (staged, booted, rollback) present, default: the digest that boots next}. Next is the rollback
+    entry when a rollback is queued (status.rollbackQueued, spec.bootOrder rollback), else the staged one, else
+    the booted one."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "(nothing)")
+        raise BootTestError(f"bootc status --format=json did not print JSON ({e.msg}): {first[:160]}") from None
+    status = data.get("status") if isinstance(data, dict) else None
+    if not isinstance(status, dict):
+        raise BootTestError("bootc status --format=json has no status object (not a BootcHost?)")
+    booted = status.get("booted")
+    if not isinstance(booted, dict):
+        raise BootTestError("bootc status --format=json shows no booted deployment (not a bootc-booted system?)")
+    digest = _bootc_digest(booted)
+    if digest is None:
+        ostree = booted.get("ostree")
+        ostree = ostree if isinstance(ostree, dict) else {}
+        raise BootTestError("bootc status --format=json: the booted deployment has no image digest: booted from an "
+                            f"ostree commit, not an image (ostree {str(ostree.get('checksum') or '?')[:12]})")
+    image = booted["image"]
+    ref = image.get("image")
+    ref = ref if isinstance(ref, dict) else {}
+    entries = {k: status.get(k) for k in ("staged", "booted", "rollback")}
+    spec = data.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    rollback_next = bool(status.get("rollbackQueued")) or spec.get("bootOrder") == "rollback"
+    if rollback_next and isinstance(entries["rollback"], dict):
+        default = _bootc_id(entries["rollback"])
+    elif isinstance(entries["staged"], dict):
+        default = _bootc_id(entries["staged"])
+    else:
+        default = digest
+    return {"checksum": digest, "version": image.get("version"), "origin": ref.get("image"),
+            "count": sum(isinstance(e, dict) for e in entries.values()), "default": default}
+
+
 def greenboot_state(text: str) -> tuple[str | None, str]:
     """(healthy | unhealthy | None when greenboot is not installed or not finished, detail) from systemctl show."""
     props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
@@ -125,6 +190,51 @@ def parse_rpm_ostree_pull(text: str) -> PullStats:
     return stats
 
 
+_BOOTC_NEEDED_RE = re.compile(r"layers already present:\s*(\d+);\s*layers needed:\s*(\d+)"
+                              r"(?:\s*\(([\d.,]+)\s*(bytes?|B|kB|MB|GB|TB|KiB|MiB|GiB|TiB)\))?")
+_BOOTC_FETCHED_RE = re.compile(r"Fetched layers:\s*([\d.,]+)\s*(bytes?|B|kB|MB|GB|TB|KiB|MiB|GiB|TiB)\b")
+
+
+def parse_bootc_pull(text: str) -> PullStats:
+    """Best effort, from bootc's progress lines (the last of each): 'layers already present: 65; layers needed: 3
+    (46.1 MB)' (content_objects = the layers needed) and 'Fetched layers: 43.97 MiB in 6 seconds (7.03 MiB/s)'.
+    Bytes: the fetched figure, else the size of the layers needed."""
+    stats = PullStats(text=text.strip()[-2000:])
+    flat = text.replace("\r", "\n")
+    needed = list(_BOOTC_NEEDED_RE.finditer(flat))
+    if needed:
+        m = needed[-1]
+        stats.content_objects = int(m.group(2))
+        if m.group(3):
+            stats.bytes = parse_size(m.group(3), m.group(4))
+        elif stats.content_objects == 0:
+            stats.bytes = 0
+    fetched = list(_BOOTC_FETCHED_RE.finditer(flat))
+    if fetched:
+        stats.bytes = parse_size(fetched[-1].group(1), fetched[-1].group(2))
+    return stats
+
+
+def image_repository(url: str) -> str:
+    """HOST/REPO[:TAG] of an image candidate's URL ("docker://HOST/REPO", as edgeci's image records carry it)."""
+    repo = url.removeprefix("docker://").rstrip("/")
+    if "://" in repo or "/" not in repo:
+        raise BootTestError(f"'{url}' is not an image repository (docker://HOST/REPO)", where=url,
+                            fix="image-mode candidates are pushed to registry.image (docker://HOST[:PORT]/REPO)")
+    return repo
+
+
+def image_reference(url: str, digest: str | None) -> str:
+    """HOST/REPO@sha256:DIGEST (pinned to the tested image), or the repository (tag) as given without a digest."""
+    repo = image_repository(url)
+    if digest is None:
+        return repo
+    hexd = digest.removeprefix("sha256:")
+    if not _HEX64.fullmatch(hexd):
+        raise BootTestError(f"'{digest}' is not an image digest (64 hex characters)", where=url)
+    return f"{repo}@sha256:{hexd}"
+
+
 def check_name(script_path: str) -> str:
     """'required.d/03-hostname.sh' → 'hostname' (the checks file's name)."""
     return re.sub(r"^\d\d-", "", Path(script_path).name).removesuffix(".sh")
@@ -151,6 +261,10 @@ class Tooling:
 
     def parse_pull(self, text: str) -> PullStats:
         raise NotImplementedError
+
+    def served(self, url: str, ref: str, commit: str | None) -> str:
+        """What the device expects the URL to serve (for messages)."""
+        return ref + (f" at {commit}" if commit else "")
 
 
 class RpmOstree(Tooling):
@@ -207,6 +321,38 @@ class OstreeAdmin(Tooling):
 
     def parse_pull(self, text: str) -> PullStats:
         return parse_pull_output(text)
+
+
+class Bootc(Tooling):
+    """A RHEL 10 image-mode device (the kickstart's user, with sudo): bootc, and greenboot's grub2 boot counter.
+
+    A device on another repository (a fresh device installed from production, updated to the candidate) is
+    switched to the tested digest, never a tag: `bootc switch --transport registry REPO@sha256:DIGEST`. A device
+    already tracking the repository runs `bootc upgrade --check`, then `bootc upgrade` (what `--apply` does,
+    without the reboot, which is the caller's). A device pinned by digest finds nothing new there: the booted
+    digest, read back from `bootc status`, is what the verdict is made of either way."""
+
+    name = "bootc"
+    sudo = "sudo "
+    status_command = "sudo bootc status --format=json"
+    set_counter_command = "sudo /usr/libexec/greenboot/greenboot-grub2-set-counter"
+    grubenv_command = "sudo grub2-editenv list"
+
+    def parse_status(self, text: str) -> dict[str, Any]:
+        return parse_bootc_status(text)
+
+    def update_commands(self, remote: str, url: str, ref: str, commit: str | None, *, same_remote: bool,
+                        booted: str) -> list[str]:
+        if same_remote:
+            image_repository(url)  # still only an image repository
+            return ["sudo bootc upgrade --check", "sudo bootc upgrade"]
+        return [f"sudo bootc switch --transport registry {shlex.quote(image_reference(url, commit))}"]
+
+    def parse_pull(self, text: str) -> PullStats:
+        return parse_bootc_pull(text)
+
+    def served(self, url: str, ref: str, commit: str | None) -> str:
+        return image_reference(url, commit)
 
 
 # -- the driver ---------------------------------------------------------------------------------------------
@@ -315,7 +461,7 @@ class SSHDevice:
                                     f"{url} (the URL as the device reaches it): "
                                     f"{last[-1][-300:] if last else f'exit {r.returncode}'}",
                                     where=url, fix="check that the device can reach that URL and that it serves "
-                                                   f"{ref}" + (f" at {commit}" if commit else ""))
+                                                   + self.tooling.served(url, ref, commit))
         after = self.ssh(rx).stdout.strip()
         stats = self.tooling.parse_pull("\n".join(outputs))
         if before.isdigit() and after.isdigit():

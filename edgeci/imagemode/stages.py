@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from edgeci.imagemode.device import DeviceTrust
     from edgeci.imagemode.sign import Endpoint, Signer
     from edgeci.production import ProductionState
-    from edgeci.record import BuildRecord
+    from edgeci.record import BuildRecord, Candidate
 
 KIND = "image"
 
@@ -419,16 +419,54 @@ def stage(cfg: Config, name: str, arch: str, rec: BuildRecord, mode: str, deadli
 
 # -- boot test -------------------------------------------------------------------------------------------------
 
+BOOTC_ON_VM = ("bootc on the libvirt VM (RHEL 10 image mode: Anaconda's ostreecontainer pinned by digest, bootc switch "
+               "--transport registry REPO@sha256:DIGEST, bootc status --format=json, greenboot's fallback)")
+
+
 def boot_backend(cfg: Config, requested: str) -> str:
-    """The image kind's device runs on the sysroot backend here (the stand-in for bootc deploys into it)."""
-    if requested not in ("auto", "sysroot"):
-        raise ConfigError(f"image-mode boot tests run on the sysroot backend here, not '{requested}'",
-                          where="boot_test.backend",
-                          fix="use --backend sysroot (a VM backend for images is not wired in yet)")
-    return "sysroot"
+    """The image kind's device: sysroot here (edgeci's stand-in for bootc deploys into it; auto is sysroot), or
+    libvirt on a KVM host (a RHEL 10 image-mode VM whose real bootc updates it)."""
+    if requested in ("auto", "sysroot"):
+        return "sysroot"
+    if requested == "libvirt":
+        return "libvirt"
+    raise ConfigError(f"image-mode boot tests run on the sysroot or libvirt backend, not '{requested}'",
+                      where="boot_test.backend",
+                      fix="use --backend sysroot (edgeci's stand-in for bootc) or --backend libvirt (real bootc on a "
+                          "KVM host)")
 
 
-def device_factory(cfg: Config, name: str, base_dir: Path, osname: str) -> Any:
+def device_description(backend: str) -> str:
+    """What updated the device, for the record's boot_test.device and the report."""
+    from edgeci.imagemode.device import STANDIN
+
+    return STANDIN if backend == "sysroot" else BOOTC_ON_VM
+
+
+def device_factory(cfg: Config, name: str, base_dir: Path, osname: str, *, backend: str = "sysroot",
+                   candidate: Candidate | None = None, record_name: str = "",
+                   scripts: dict[str, str] | None = None) -> Any:
+    """scenario -> a fresh image-mode device: on sysroot, a sysroot device updated by edgeci's stand-in for bootc
+    (with the site's trust policy); on libvirt, a RHEL 10 VM with real bootc (tooling Bootc), the candidate being
+    its image digest and the checks run as rendered greenboot scripts over SSH."""
+    if backend == "libvirt":
+        from edgeci.boottest.libvirt_guest import LibvirtGuest
+        from edgeci.boottest.ssh_device import Bootc
+
+        if candidate is None:
+            raise ValueError("the libvirt backend needs the candidate")
+        cand = candidate
+
+        def vm(scenario: str) -> LibvirtGuest:
+            return LibvirtGuest(cfg.boot_test.libvirt, base_dir / scenario, osname=osname,
+                                vm_name=f"edgeci-{record_name or name}-{scenario}",
+                                candidate_commit=cand.checksum.removeprefix("sha256:"),
+                                version=cand.version or "", boot_timeout=cfg.boot_test.timeout,
+                                scripts=scripts or {}, tooling=Bootc())
+
+        return vm
+    if backend != "sysroot":
+        boot_backend(cfg, backend)  # refuses it
     from edgeci.boottest.sysroot_guest import SysrootGuest
     from edgeci.imagemode.device import BootcStandInGuest, DeviceSettings
 

@@ -106,18 +106,22 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     image = _image.is_image_record(rec)
     only = tuple(args.scenario) if args.scenario else SCENARIOS
     base_dir = work_dir(cfg, name, arch) / "boot-test"
-    if image:  # image mode: edgeci's stand-in for bootc drives a sysroot device (edgeci.imagemode.device)
-        from edgeci.imagemode.device import STANDIN, BootcStandInGuest
-
+    if image:
+        # image mode: on sysroot, edgeci's stand-in for bootc drives a sysroot device (edgeci.imagemode.device);
+        # on libvirt, a RHEL 10 image-mode VM updates itself with its own bootc (the checks as greenboot scripts)
         backend = _image.boot_backend(cfg, args.backend or cfg.boot_test.backend)
         require_tools(backend)
-        for prog in BootcStandInGuest.TOOLS:
+        if backend == "sysroot":
+            from edgeci.imagemode.device import BootcStandInGuest
             from edgeci.tools.run import which
 
-            which(prog)
+            for prog in BootcStandInGuest.TOOLS:
+                which(prog)
         production = _image.production(cfg, name).production
-        factory = _image.device_factory(cfg, name, base_dir, osname_for(cfg.distro(name)))
-        say(f"boot-test {name}/{arch}: the device is updated by {STANDIN}")
+        scripts = render_scripts(parsed, candidate.version or "") if backend == "libvirt" else {}
+        factory = _image.device_factory(cfg, name, base_dir, osname_for(cfg.distro(name)), backend=backend,
+                                        candidate=candidate, record_name=f"{name}-{arch}", scripts=scripts)
+        say(f"boot-test {name}/{arch}: the device is updated by {_image.device_description(backend)}")
     else:
         backend = choose_backend(args.backend or cfg.boot_test.backend,
                                  composed_os=str(rec.section("compose").get("os") or ""))
@@ -147,7 +151,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         "full_bytes": result.full_bytes,
     }
     if image:
-        section["device"] = STANDIN
+        section["device"] = _image.device_description(backend)
     rec.set("boot_test", section, status=PASSED if result.ok else FAILED)
     rec.save()
     if key is not None:
