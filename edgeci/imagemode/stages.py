@@ -336,9 +336,12 @@ def push(cfg: Config, name: str, arch: str, rec: BuildRecord) -> int:
         f"signed: {cfg.image_mode.signing}")
     t0 = time.monotonic()
     from edgeci.imagemode.sign import push_signed
+    from edgeci.imagemode.signing_key import push_signer
 
-    pushed = push_signed(archive, repo, tags, expected_digest=digest, layers=compose.get("layers") or [],
-                         signer=signer(cfg), registries_d=ci_registries_d(cfg, name), endpoint=endpoint(cfg))
+    # the configured key signs; EDGECI_IMAGE_SIGNING_KEY (the CI push job's secret file) only brings its material
+    with push_signer(signer(cfg)) as chosen:
+        pushed = push_signed(archive, repo, tags, expected_digest=digest, layers=compose.get("layers") or [],
+                             signer=chosen, registries_d=ci_registries_d(cfg, name), endpoint=endpoint(cfg))
     seconds = time.monotonic() - t0
     state = production(cfg, name)
     prod_layers = _production_layers(cfg, name, state)

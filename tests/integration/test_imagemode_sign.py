@@ -181,3 +181,32 @@ def test_base_storage_is_private(tmp_path: Path) -> None:
     st = buildah.Storage.under(tmp_path / "s")
     assert st.args() == ["--root", str(tmp_path / "s" / "root"), "--runroot", str(tmp_path / "s" / "runroot"),
                          "--storage-driver", "vfs"]
+
+
+def test_a_ci_push_signs_with_the_bound_key_material_and_the_device_accepts_it(
+        tmp_path: Path, registry: Registry, promote_gpg: GpgKeys, built_images: Built) -> None:
+    """The push job of a CI runner without the keyring: EDGECI_IMAGE_SIGNING_KEY (the exported secret key, a File
+    variable) signs as image_mode.gpg_key; the device's policy accepts the image."""
+    import subprocess
+
+    from edgeci.imagemode.signing_key import ENV, push_signer
+
+    exported = tmp_path / "image-signing.asc"
+    exported.write_text(subprocess.run(["gpg", "--batch", f"--homedir={promote_gpg.home}", "--armor",
+                                        "--export-secret-keys", promote_gpg.key],
+                                       check=True, capture_output=True, text=True).stdout)
+    img = built_images.one
+    sigstore = tmp_path / "sigstore"
+    repo = f"{registry.host}/prod/ci-signed"
+    writer = sign.write_registries_d(tmp_path / "writer.d", {
+        repo: sign.registries_d_entry(lookaside=sigstore.as_uri(), lookaside_staging=sigstore.as_uri())})
+    runner_keyring = tmp_path / "runner-gnupg"  # the runner's own keyring holds nothing
+    runner_keyring.mkdir(mode=0o700)
+    with push_signer(sign.GpgSigner(promote_gpg.key, runner_keyring), env={ENV: str(exported)}) as signer:
+        sign.push_signed(img.archive, repo, ["1.0.0"], expected_digest=img.digest, layers=[], signer=signer,
+                         registries_d=writer.parent, endpoint=endpoint(registry))
+    assert not list(runner_keyring.iterdir())  # nothing was imported into the runner's keyring
+    device = tmp_path / "device"
+    sign.write_device_config(device, prod_repo=repo, lookaside_url=sigstore.as_uri(),
+                             public_key=promote_gpg.public.read_text(), device_root=str(device))
+    assert device_pull(registry, f"docker://{repo}@{img.digest}", device, tmp_path / "pulled").digest == img.digest
