@@ -3,10 +3,14 @@
 Production is an archive repo with the delta edgeci promote generates (from the previous release);
 the client is a bare-user repo (only those use deltas, docs/lab.md) pulling over HTTP on 127.0.0.1.
 Bytes are counted at the server. Target: the update is at most 5 % of a full pull.
+
+--tree-tar ROOTFS.tar: the workload is a real OS tree instead (e.g. the device OS's cached Debian root filesystem
+under ~/.cache/edgeci/deviceos/), 1 % of its regular files under usr/ changed by a few bytes each.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 import tempfile
@@ -28,18 +32,33 @@ def _tree(root: Path, rng: random.Random, words: list[str]) -> None:
         p.write_text(" ".join(rng.choice(words) for _ in range(rng.randint(200, 600))) + "\n")
 
 
-def main() -> bool:
+def main(argv: list[str] | None = None) -> bool:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tree-tar", type=Path, default=None, help="a root filesystem tar as the workload")
+    args = ap.parse_args(argv)
     rng = random.Random(7)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9))) for _ in range(5000)]
     with tempfile.TemporaryDirectory(prefix="edgeci-bench-delta-") as tmp:
         t = Path(tmp)
         tree, prod = t / "tree", t / "prod"
-        _tree(tree, rng, words)
+        if args.tree_tar:
+            from promote import base_from_tar
+
+            paths = base_from_tar(tree, args.tree_tar)
+            files, changed = len(paths), rng.sample(paths, max(1, len(paths) // 100))
+        else:
+            _tree(tree, rng, words)
+            files = FILES
+            changed = [tree / "usr" / "share" / f"d{i % 50:02d}" / f"f{i:04d}.txt"
+                       for i in rng.sample(range(FILES), CHANGED)]
         ostree.init(prod, "archive")
         v1 = ostree.commit(prod, REF, tree_dir=tree, metadata={"version": "1.0.0"})
-        for i in rng.sample(range(FILES), CHANGED):
-            p = tree / "usr" / "share" / f"d{i % 50:02d}" / f"f{i:04d}.txt"
-            p.write_text(p.read_text()[: -40] + " " + " ".join(rng.choice(words) for _ in range(30)) + "\n")
+        for p in changed:
+            if args.tree_tar:
+                with p.open("ab") as f:
+                    f.write(b"\n# edgeci bench change\n")
+            else:
+                p.write_text(p.read_text()[: -40] + " " + " ".join(rng.choice(words) for _ in range(30)) + "\n")
         v2 = ostree.commit(prod, REF, tree_dir=tree, metadata={"version": "1.0.1"})
         ostree.static_delta_generate(prod, v2, from_=v1)
         ostree.summary_update(prod)
@@ -59,7 +78,7 @@ def main() -> bool:
             full = sent[0] - before
         if "delta" not in out.lower():
             print(f"warning: the update pull did not report using a delta: {out.strip()[-200:]}")
-    print(f"{FILES} files, {CHANGED} changed: update {update / 1024:.0f} KiB through the delta, "
+    print(f"{files} files, {len(changed)} changed: update {update / 1024:.0f} KiB through the delta, "
           f"full pull {full / 1024:.0f} KiB")
     return result("client-update bytes (delta / full)", 100.0 * update / full, 5.0, "%")
 
