@@ -149,7 +149,8 @@ def _targets(args: argparse.Namespace, cfg: Config) -> int:
     repo = bp_dir if bp_dir.is_dir() else cfg.root
     cs = changed(repo, None if build_all else base, args.head or "HEAD", bp_dir, all=build_all)
     for t in targets_for(cfg, cs.changed):
-        say(f"{t.blueprint} {t.arch} {production_url(cfg, t.blueprint, t.arch) or '-'}")
+        # an image builds FROM its base and finds production in the registry: no ostree parent URL
+        say(f"{t.blueprint} {t.arch} {'-' if t.image else production_url(cfg, t.blueprint, t.arch) or '-'}")
     return 0
 
 

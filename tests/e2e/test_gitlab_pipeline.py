@@ -14,8 +14,9 @@ production host's trust policy is a file named by EDGECI_TRUST_POLICY, scoped to
 - A merge request: the candidate is pushed to the review image with the MR's own tag, staged in the
   MR's own stage, nothing is promoted; the environment's stop job (what GitLab runs when the MR closes)
   stops that stage. The note job has no token here: it warns, the pipeline passes.
-- A schedule: every blueprint rebuilt, and a schedule variable (the boot-test backend) reaches the child
-  jobs.
+- A schedule: every blueprint rebuilt, both kinds (the ostree blueprints and the image-mode gateway-bootc, pushed
+  to a real docker-registry, the image signed with the key scoped to its push job), and a schedule variable (the
+  boot-test backend) reaches the child jobs.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from tests.fixtures.gitlab_server import (
     gitlab_project_copy,
     run_gitlab_ci_local,
 )
+from tests.fixtures.promote import GpgKeys
+from tests.fixtures.registry import start_registry
 
 pytestmark = pytest.mark.slow
 
@@ -233,17 +236,48 @@ def test_merge_request_candidate_has_its_own_tag_and_stage_and_the_stop_job_tear
     assert not _serves(url)
 
 
-def test_schedule_rebuilds_every_blueprint_and_its_variables_reach_the_child_jobs(project: GitLabProject) -> None:
-    schedule = {"CI_PIPELINE_SOURCE": "schedule", "EDGECI_FORWARD_VARIABLES": "EDGECI_BOOT_TEST_BACKEND",
-                "EDGECI_BOOT_TEST_BACKEND": "sysroot"}
-    r = run_gitlab_ci_local(project.path, variables=schedule)
+def test_schedule_rebuilds_every_blueprint_of_both_kinds_and_its_variables_reach_the_child_jobs(
+        project: GitLabProject, tmp_path: Path, promote_gpg: GpgKeys) -> None:
+    """Every blueprint: gateway and kiosk (ostree) and gateway-bootc (image mode) run the same jobs. The image's push
+    job alone gets EDGECI_IMAGE_SIGNING_KEY (a File variable scoped to edgeci/image-signing, as GitLab gives it);
+    the runner has no keyring, the fingerprint in edgeci.yaml decides which key signs."""
+    reg = start_registry(tmp_path / "registry")
+    try:
+        (project.path / "edgeci.yaml").write_text(
+            f"registry:\n  image: docker://{reg.host}/edge/{{blueprint}}\n  tls_verify: false\n"
+            f"image_mode:\n  gpg_key: {promote_gpg.key}\n  gpg_public_key: {promote_gpg.public}\n")
+        subprocess.run(["git", "-C", str(project.path), "-c", "user.name=ci", "-c", "user.email=ci@example.com",
+                        "add", "edgeci.yaml"], check=True, capture_output=True)
+        subprocess.run(["git", "-C", str(project.path), "-c", "user.name=ci", "-c", "user.email=ci@example.com",
+                        "commit", "-qm", "registry and image signing"], check=True, capture_output=True)
+        secret = subprocess.run(["gpg", "--batch", f"--homedir={promote_gpg.home}", "--armor", "--export-secret-keys",
+                                 promote_gpg.key], check=True, capture_output=True, text=True).stdout
+        variables_file = project.path / ".gitlab-ci-local-variables.yml"
+        variables = yaml.safe_load(variables_file.read_text())
+        variables["EDGECI_IMAGE_SIGNING_KEY"] = {"type": "file", "values": {"edgeci/image-signing": secret}}
+        for name, value in reg.env.items():  # masked project variables in GitLab
+            variables[name] = {"type": "variable", "values": {"*": value}}
+        variables_file.write_text(yaml.safe_dump(variables))
+        schedule = {"CI_PIPELINE_SOURCE": "schedule", "EDGECI_FORWARD_VARIABLES": "EDGECI_BOOT_TEST_BACKEND",
+                    "EDGECI_BOOT_TEST_BACKEND": "sysroot"}
+        r = run_gitlab_ci_local(project.path, variables=schedule)
+    finally:
+        if reg.process is not None:
+            reg.process.stop()
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-8000:]
     results = gitlab_job_results(out)
-    built = [f"{s}:{bp}:x86_64" for bp in ("gateway", "kiosk") for s in ("compose", "push", "stage", "boot-test")]
+    blueprints = ("gateway", "kiosk", "gateway-bootc")
+    built = [f"{s}:{bp}:x86_64" for bp in blueprints for s in ("compose", "push", "stage", "boot-test")]
     assert {job: results.get(job) for job in [*PARENT_JOBS, *built]} == {
         job: "PASS" for job in [*PARENT_JOBS, *built]}, out[-8000:]
-    for bp in ("gateway", "kiosk"):
+    assert "FAIL" not in results.values(), out[-8000:]
+    for bp in blueprints:
         # gitlab-ci-local hands the command line's variables to the parent only: the child saw the schedule's
         # variable because the pipeline forwarded it
         assert _record(project.path, bp)["boot_test"]["backend"] == "sysroot", bp
+    image = _record(project.path, "gateway-bootc")
+    assert image["compose"]["kind"] == "image" and image["push"]["signed"] == "gpg"
+    assert image["push"]["image_ref"].startswith(f"docker://{reg.host}/edge/gateway-bootc@sha256:")
+    assert image["boot_test"]["status"] == "passed" and "stand-in for bootc" in image["boot_test"]["device"]
+    assert "PRIVATE KEY" not in out and secret.splitlines()[2] not in out  # the key never reaches a log

@@ -43,8 +43,10 @@ import org.codehaus.groovy.control.messages.SyntaxErrorMessage
 // what `sh(returnStdout: true)` prints for the edgeci commands the library parses
 class Canned {
     static final Map STDOUT = [
-        'jenkins targets'   : 'gateway x86_64 https://ostree.example.com/prod/repo\nkiosk x86_64 -\n',
-        'jenkins candidates': 'gateway x86_64 ' + '1' * 64 + ' 1.0.1\nkiosk x86_64 ' + '2' * 64 + ' 2.0.0\n',
+        'jenkins targets'   : 'gateway x86_64 https://ostree.example.com/prod/repo\nkiosk x86_64 -\n' +
+                              'gateway-bootc x86_64 -\n',
+        'jenkins candidates': 'gateway x86_64 ' + '1' * 64 + ' 1.0.1\nkiosk x86_64 ' + '2' * 64 + ' 2.0.0\n' +
+                              'gateway-bootc x86_64 ' + '3' * 64 + ' 1.0.1\n',
     ]
 }
 
@@ -265,9 +267,15 @@ def test_the_jenkinsfile_runs_the_library_with_the_same_stages_as_gitlab(groovy_
         assert command in [e["args"][0] for e in _events(run, "sh", stage)], stage
     # a first release (no production yet) composes without a parent
     assert "python3 -m edgeci compose kiosk --arch x86_64" in [e["args"][0] for e in _events(run, "sh", "Compose")]
-    # one parallel branch per blueprint × arch in every build stage
+    # one parallel branch per blueprint × arch in every build stage, the image-mode blueprint (gateway-bootc) like
+    # the ostree ones: the same stages run the same commands for both kinds
     for stage in ("Compose", "Push", "Stage", "Boot test"):
-        assert [e["args"][0] for e in _events(run, "branch", stage)] == ["gateway/x86_64", "kiosk/x86_64"]
+        assert [e["args"][0] for e in _events(run, "branch", stage)] == ["gateway/x86_64", "kiosk/x86_64",
+                                                                          "gateway-bootc/x86_64"]
+    image = {"Compose": "compose", "Push": "push", "Stage": "stage serve", "Boot test": "boot-test"}
+    for stage, verb in image.items():
+        assert f"python3 -m edgeci {verb} gateway-bootc --arch x86_64" in [e["args"][0] for e in
+                                                                           _events(run, "sh", stage)], stage
 
 
 @pytest.mark.parametrize(("stage", "reports"), [
@@ -297,6 +305,7 @@ def test_approval_input_has_the_library_submitter_on_no_agent(groovy_run: dict[s
     # the approval names the exact commits it approves
     assert f"edgeci-approve {CHECKSUM_GATEWAY}  gateway/x86_64 1.0.1" in fields["message"][0]
     assert f"edgeci-approve {CHECKSUM_KIOSK}  kiosk/x86_64 2.0.0" in fields["message"][0]
+    assert f"edgeci-approve {'3' * 64}  gateway-bootc/x86_64 1.0.1" in fields["message"][0]  # the image's digest
     assert not list(_nodes(approve, "node")) and not list(_nodes(approve, "lock"))
 
 
@@ -318,7 +327,7 @@ def test_milestones_around_the_input_and_the_gate_reads_the_approver_from_jenkin
     assert [n["args"] for n in _nodes(lock_node, "unstash")] == [["edgeci-records"]]
     gates = [n for n in _nodes(lock_node, "sh") if " gate " in n["args"][0]]
     promotes = [n for n in _nodes(lock_node, "sh") if " promote " in n["args"][0]]
-    assert len(gates) == len(promotes) == 2  # both inside the lock
+    assert len(gates) == len(promotes) == 3  # one per candidate (two ostree, one image), inside the lock
     # issue 16: the approver comes from the build through the API, never from a name the pipeline passes
     assert gates[0]["args"][0] == ('python3 -m edgeci gate "$EDGECI_BLUEPRINT" --arch "$EDGECI_ARCH" '
                                    '--source jenkins --build "$BUILD_NUMBER" '

@@ -204,6 +204,13 @@ def test_targets_and_candidates_for_the_shared_library(git_repo: GitRepo, monkey
     assert out.out == ("gateway x86_64 https://ostree.example.com/repo\n"
                        "kiosk x86_64 https://ostree.example.com/repo\n")
     assert "every blueprint" in out.err
+    # an image-mode blueprint is a target like the others, without an ostree parent URL (it builds FROM its base)
+    git_repo.write("blueprints/gateway-bootc/Containerfile", "FROM localhost/base@sha256:" + "0" * 64 + "\n")
+    git_repo.commit("an image")
+    assert main(["--set", "prod.url=https://ostree.example.com/repo", "jenkins", "targets", "--all"]) == 0
+    assert capsys.readouterr().out == ("gateway x86_64 https://ostree.example.com/repo\n"
+                                       "gateway-bootc x86_64 -\n"
+                                       "kiosk x86_64 https://ostree.example.com/repo\n")
 
     record = git_repo.path / "build" / "kiosk" / "x86_64" / "record.json"
     record.parent.mkdir(parents=True)
