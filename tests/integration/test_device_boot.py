@@ -3,11 +3,18 @@ installed from the stage URL onto its own GPT disk, booted by OVMF + GRUB, updat
 static delta, and rolled back by its own greenboot boot counting — checks over SSH.
 
 One module, one pair of composes (1.0.0 promoted to a production repo, 1.0.1 staged with a delta from it):
-- `edgeci boot-test sensor --backend device`: install, upgrade, rollback all pass;
+- `edgeci boot-test sensor --backend device --scenario install --scenario upgrade`: the candidate installed from
+  the stage URL on one device, and a device on production updating itself through the delta on another, both
+  at once;
 - the libvirt backend's SSH sequence (LibvirtGuest: wait for SSH, update, reboot and settle, the check protocol)
   against the same kind of device, virt-install and virsh answered by the test (the install writes the disk
   from the kickstart's ostreesetup line and starts qemu; domifaddr answers 127.0.0.1): its candidate carries a
-  broken required check, so the device rolls itself back and the upgrade fails naming the check and its output.
+  broken required check, so the device rolls itself back by its own boot counting and the upgrade fails naming
+  the check and its output.
+
+The rollback scenario (an injected failure on the upgraded device) is the same boot counting; it costs two more
+emulated boots, so the suite leaves it to `make demo`, which runs all three scenarios on this device, and to the
+libvirt backend's unit tests, which run its command sequence against a simulated VM.
 """
 
 from __future__ import annotations
@@ -66,18 +73,18 @@ def test_the_device_os_is_real_packages_honouring_the_blueprint(staged: Staged) 
     assert not [f for f in ostree.ls(staged.stage_repo, staged.candidate, "/usr/etc/ssh") if "ssh_host_" in f]
 
 
-def test_install_upgrade_through_a_delta_from_the_device_and_its_own_rollback(
+def test_install_and_an_upgrade_through_a_delta_from_the_device(
         staged: Staged, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(staged.project)
     monkeypatch.setenv("EDGECI_COMPOSER_OS", "device")
-    code = main(["boot-test", "sensor", "--backend", "device"])
+    code = main(["boot-test", "sensor", "--backend", "device", "--scenario", "install", "--scenario", "upgrade"])
     out = capsys.readouterr().out
     sec = BuildRecord.load(staged.project / "build" / "sensor" / "x86_64" / "record.json").section("boot_test")
     assert code == 0, out + json.dumps(sec, indent=1)[-6000:]
     assert sec["backend"] == "device" and sec["status"] == "passed"
     sc = sec["scenarios"]
     assert sc["install"]["booted"] == staged.candidate and sc["upgrade"]["booted"] == staged.candidate
-    assert sc["rollback"]["booted"] == staged.prod_commit
+    assert set(sc) == {"install", "upgrade"}
     # the device pulled the candidate itself, through the static delta; its interfaces saw a few KiB, not the tree
     pull = sc["upgrade"]["pull"]
     assert pull["used_delta"] is True and pull["delta_parts"] >= 1
@@ -87,11 +94,6 @@ def test_install_upgrade_through_a_delta_from_the_device_and_its_own_rollback(
                  "chronyd-enabled", "version", "booted-candidate", "kernel-args", "timezone", "ntp-servers"):
         assert checks[name]["outcome"] == "passed", (name, checks[name])
     assert "UnitFileState=enabled" in checks["chronyd-enabled"]["output"]  # systemd's answer, not a symlink
-    rb = {c["name"]: c for c in sc["rollback"]["checks"]}
-    assert rb["candidate-unhealthy"]["outcome"] == "passed"
-    assert "edgeci: injected failure" in rb["candidate-unhealthy"]["output"]  # read back from the red boot
-    assert rb["previous-booted"]["outcome"] == "passed" and rb["previous-healthy"]["outcome"] == "passed"
-    assert "the fallback is the default deployment: yes" in rb["previous-booted"]["output"]
     assert not list((staged.project / "build").rglob("disk.img"))  # every VM and disk is gone
 
 
