@@ -26,13 +26,15 @@ from edgeci.boottest.ssh_device import (
     parse_bootc_pull,
     parse_bootc_status,
 )
-from edgeci.checks import parse_checks, render_scripts
+from edgeci.checks import render_scripts
 from edgeci.config import Config, LibvirtConfig
 from edgeci.errors import BootTestError, ConfigError, ToolError
 from edgeci.junit import Outcome
 from edgeci.production import Production
 from edgeci.record import Candidate
 from edgeci.tools.run import Completed
+from tests.fixtures.libvirt_host import FakeLibvirtHost
+from tests.unit.test_boottest_libvirt import CHECKS  # the same three checks, over SSH
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "boottest"
 GOLDEN_STATUS = json.loads((DATA / "bootc-status.json").read_text())
@@ -186,10 +188,12 @@ def _ostree_checksum(digest: str) -> str:
     return hashlib.sha256(f"ostree commit of {digest}".encode()).hexdigest()
 
 
-class BootcVM:
+class BootcVM(FakeLibvirtHost):
     """Answers virt-install, virsh and ssh argv the way a libvirt host with one RHEL 10 image-mode VM (real bootc,
     greenboot) does. `images`: repository -> the digests its registry holds; `tags`: REPO:TAG -> digest;
     `serves`: repository -> the digest the VM actually ends up with for any reference of it (a broken mirror)."""
+
+    ip = "192.168.122.46"
 
     def __init__(self, images: dict[str, set[str]], tags: dict[str, str] | None = None,
                  check_results: dict[str, tuple[int, str]] | None = None,
@@ -198,9 +202,8 @@ class BootcVM:
         self.tags = tags or {}
         self.serves = serves or {}
         self.check_results = check_results or {}
-        self.calls: list[list[str]] = []
+        super().__init__()
         self.kickstarts: list[str] = []
-        self.defined = False
         self.boot_id = 0
         self.staged: dict | None = None
         self.booted: dict | None = None
@@ -249,29 +252,7 @@ class BootcVM:
                            "rollback": self._entry_doc(self.rollback), "rollbackQueued": self.rollback_queued,
                            "type": "bootcHost"}}
 
-    # -- the runner ------------------------------------------------------------------------------------
-    def __call__(self, argv, *, timeout=None, input=None, check=True, **_kw) -> Completed:
-        self.calls.append(list(argv))
-        prog = os.path.basename(argv[0])
-        if prog == "virt-install":
-            return self._virt_install(argv)
-        if prog == "virsh":
-            sub = argv[3]
-            if sub == "domifaddr":
-                out = (" Name       MAC address          Protocol     Address\n"
-                       "-------------------------------------------------------------\n"
-                       " vnet0      52:54:00:6b:3c:58    ipv4         192.168.122.46/24\n") if self.defined else ""
-                return self._done(argv, 0 if self.defined else 1, out)
-            if sub in ("destroy", "undefine"):
-                was, self.defined = self.defined, self.defined and sub == "destroy"
-                return self._done(argv, 0 if was else 1, "")
-        assert prog == "ssh", argv
-        assert argv[argv.index("--") - 1] == "core@192.168.122.46"
-        return self._ssh(argv, argv[-1], input)
-
-    def _done(self, argv, rc: int, out: str, err: str = "") -> Completed:
-        return Completed(list(argv), rc, out, err, 0.01)
-
+    # -- the VM (FakeLibvirtHost dispatches the runner's argv) -------------------------------------------
     def _virt_install(self, argv) -> Completed:
         assert "--initrd-inject" in argv and "--noautoconsole" in argv and "--wait" in argv
         self.defined = True
@@ -365,19 +346,10 @@ class BootcVM:
             return self._done(argv, 0, "")
         if cmd == "sudo systemctl reboot":
             self._reboot()
-            return self._done(argv, 255, "", "Connection to 192.168.122.46 closed by remote host.\n")
+            return self._done(argv, 255, "", f"Connection to {self.ip} closed by remote host.\n")
         raise AssertionError(f"unexpected command {cmd!r}")
 
 
-CHECKS = parse_checks("""\
-checks:
-  - name: hostname
-    file_contains: {path: /etc/hostname, text: gateway}
-  - name: booted-candidate
-    booted_commit: true
-  - name: kernel
-    command: {run: "uname -s", exit: 0, output: Linux}
-""")
 CANDIDATE = Candidate(blueprint="gateway-bootc", version="1.0.1", arch="x86_64", ref=REF, checksum=CAND,
                       stage_url=STAGE_URL)
 PRODUCTION = Production(ref=REF, url=PROD_URL, commit=PROD, version="1.0.0")

@@ -31,6 +31,7 @@ from edgeci.junit import Outcome
 from edgeci.production import Production
 from edgeci.record import Candidate
 from edgeci.tools.run import Completed
+from tests.fixtures.libvirt_host import FakeLibvirtHost
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "boottest"
 REF = "rhel/9/x86_64/edge/gateway"
@@ -117,7 +118,7 @@ def test_rpm_ostree_progress_gives_bytes_and_delta_use():
 
 # -- the SSH protocol against a runner that answers like a RHEL for Edge VM ---------------------------
 
-class EdgeVM:
+class EdgeVM(FakeLibvirtHost):
     """Answers virt-install, virsh and ssh argv the way a libvirt host with one RHEL for Edge VM does."""
 
     def __init__(self, repos: dict[str, str], check_results: dict[str, tuple[int, str]] | None = None,
@@ -125,8 +126,7 @@ class EdgeVM:
         self.repos = repos  # URL -> the commit its ref serves
         self.check_results = check_results or {}
         self.install_fails = install_fails
-        self.calls: list[list[str]] = []
-        self.defined = False
+        super().__init__()
         self.boot_id = 0
         self.deployments: list[dict] = []  # boot order: [0] is the default
         self.booted = 0
@@ -134,28 +134,6 @@ class EdgeVM:
         self.injected: set[str] = set()  # deployment checksums with the failing greenboot check
         self.rx = 0
         self.counter_set = False
-
-    def __call__(self, argv, *, timeout=None, input=None, check=True, **_kw) -> Completed:
-        self.calls.append(list(argv))
-        prog = os.path.basename(argv[0])
-        if prog == "virt-install":
-            return self._virt_install(argv)
-        if prog == "virsh":
-            sub = argv[3]
-            if sub == "domifaddr":
-                out = (" Name       MAC address          Protocol     Address\n"
-                       "-------------------------------------------------------------\n"
-                       " vnet0      52:54:00:6b:3c:58    ipv4         192.168.122.45/24\n") if self.defined else ""
-                return self._done(argv, 0 if self.defined else 1, out)
-            if sub in ("destroy", "undefine"):
-                was, self.defined = self.defined, self.defined and sub == "destroy"
-                return self._done(argv, 0 if was else 1, "")
-        assert prog == "ssh", argv
-        assert argv[argv.index("--") - 1] == "core@192.168.122.45"
-        return self._ssh(argv, argv[-1], input)
-
-    def _done(self, argv, rc: int, out: str, err: str = "") -> Completed:
-        return Completed(list(argv), rc, out, err, 0.01)
 
     def _virt_install(self, argv) -> Completed:
         assert "--initrd-inject" in argv and "--noautoconsole" in argv and "--wait" in argv
@@ -242,7 +220,7 @@ class EdgeVM:
             return self._done(argv, 0, "")
         if cmd == "sudo systemctl reboot":
             self._reboot()
-            return self._done(argv, 255, "", "Connection to 192.168.122.45 closed by remote host.\n")
+            return self._done(argv, 255, "", f"Connection to {self.ip} closed by remote host.\n")
         raise AssertionError(f"unexpected command {cmd!r}")
 
 
